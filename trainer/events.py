@@ -1,0 +1,73 @@
+"""The run folder's ``events.jsonl``: one JSON object a line, the trainer's only channel to the UI.
+
+Event types and their fields (every event also has ``type`` and ``time``, seconds since the epoch):
+
+- ``started``: total_steps, epochs, num_images, num_batches_per_epoch, resumed_from_step, base_model, device
+- ``step``: step, total_steps, epoch, loss, lr, it_per_s, eta_s
+- ``sample``: step, path (relative to the run folder), prompt, seed, index
+- ``checkpoint``: step, path
+- ``export``: step, path, format, verified, max_abs_diff, keys
+- ``warning``: message
+- ``finished``: status (``completed`` / ``stopped`` / ``failed``), step, error, adapter
+
+Lines are appended whole and flushed; a reader may see a partial last line while a write is in flight
+and should skip a line that does not parse.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EVENTS_FILE = "events.jsonl"
+
+
+class EventWriter:
+    """Appends events to ``run_dir/events.jsonl``."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        event = {"type": type, "time": round(time.time(), 3), **fields}
+        line = json.dumps(event, default=str, allow_nan=False) + "\n"
+        # One write call per line with O_APPEND: readers never see two events interleaved.
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+        return event
+
+
+@dataclass
+class EventCursor:
+    """Reads events incrementally (the UI polls it); keeps the byte offset of the last whole line."""
+
+    path: Path
+    offset: int = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        events = []
+        consumed = 0
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break
+            consumed += len(raw)
+            try:
+                events.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        self.offset += consumed
+        return events
+
+
+def read_events(run_dir: Path) -> list[dict[str, Any]]:
+    return EventCursor(Path(run_dir) / EVENTS_FILE).read_new()

@@ -1,0 +1,193 @@
+"""Load a base model into a ``BaseModel``: the components plus every constant read from their configs.
+
+Sources: ``builtin:*`` (built offline), a local diffusers folder, or a hub id (online only). The
+constants the loop needs — latent scaling factor, VAE downsample factor, prediction type — are read
+from the model's own configs, never assumed (the builtin VAE downsamples by 2, SD's by 8).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ModelConfig
+from trainer.models.builtin import VARIANTS, builtin_model_path
+
+
+class ModelLoadError(RuntimeError):
+    """A base model that cannot be loaded, with what to do about it."""
+
+
+@dataclass
+class BaseModel:
+    """A loaded Stable Diffusion base model.
+
+    ``text_encoders`` / ``tokenizers`` are lists so SDXL's two encoders fit the same shape;
+    ``family`` is ``sd1``, ``sd2`` or ``sdxl``.
+    """
+
+    family: str
+    unet: Any
+    vae: Any
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+    noise_scheduler: Any
+    prediction_type: str
+    latent_scale: float
+    latent_shift: float
+    vae_scale_factor: int
+    source: str
+    name_or_path: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.text_encoders[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.tokenizers[0]
+
+    def component_modules(self) -> dict[str, Any]:
+        """Components by their diffusers pipeline attribute name (``unet``, ``text_encoder``, ``text_encoder_2``)."""
+        mods = {"unet": self.unet}
+        for i, te in enumerate(self.text_encoders):
+            mods["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = te
+        return mods
+
+
+def resolve_model_source(base: str) -> tuple[str, str]:
+    """Classify ``model.base`` as (kind, path-or-id): builtin, folder, file or hub."""
+    if base in VARIANTS:
+        return "builtin", str(builtin_model_path(base))
+    path = Path(base).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            raise ModelLoadError(
+                f"`model.base` folder {path} is not a diffusers model folder (no model_index.json). "
+                "Point it at the folder that contains unet/, vae/, text_encoder/ and tokenizer/."
+            )
+        return "folder", str(path)
+    if path.suffix.lower() in (".safetensors", ".ckpt", ".pt", ".bin", ".pth"):
+        if not path.is_file():
+            raise ModelLoadError(f"`model.base` file not found: {path}")
+        return "file", str(path)
+    # A hub id is exactly "owner/name"; anything else that is not on disk was meant as a path.
+    if base.startswith((".", "/", "~", "\\")) or base.count("/") != 1 or "\\" in base:
+        raise ModelLoadError(f"`model.base` folder not found: {path}")
+    return "hub", base
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def load_base_model(cfg: ModelConfig, dtype: Any = None) -> BaseModel:
+    """Load a base model described by the ``[model]`` config section."""
+    kind, where = resolve_model_source(cfg.base)
+    if kind == "file":
+        from trainer.models.single_file import load_single_file  # noqa: PLC0415 - optional heavy path
+
+        return load_single_file(Path(where), cfg, dtype=dtype)
+    return load_diffusers_model(where, cfg, kind, dtype=dtype)
+
+
+def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = None) -> BaseModel:
+    import json
+
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if cfg.revision:
+        kwargs["revision"] = cfg.revision
+    if cfg.variant:
+        kwargs["variant"] = cfg.variant
+    try:
+        if kind == "hub":
+            where = _download_hub_model(where, cfg)
+        index = json.loads((Path(where) / "model_index.json").read_text()) if (Path(where) / "model_index.json").is_file() else {}
+        if "text_encoder_2" in index:
+            from trainer.models.sdxl import load_sdxl_folder  # noqa: PLC0415
+
+            return load_sdxl_folder(Path(where), cfg, kind, dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **_variant(kwargs))
+        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **_variant(kwargs))
+        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **_variant(kwargs))
+        noise_scheduler = DDPMScheduler.from_pretrained(where, subfolder="scheduler")
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load base model {cfg.base!r} from {where}: {err}") from None
+    family = "sd2" if text_encoder.config.hidden_size == 1024 else "sd1"
+    return assemble_base_model(
+        family, unet, vae, [text_encoder], [tokenizer], noise_scheduler, cfg, source=kind, name_or_path=cfg.base, dtype=dtype
+    )
+
+
+def _variant(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in kwargs.items() if k == "variant"}
+
+
+def _download_hub_model(repo_id: str, cfg: ModelConfig) -> str:
+    from huggingface_hub import snapshot_download
+
+    if _hub_offline():
+        raise ModelLoadError(
+            f"`model.base` {repo_id!r} looks like a hub id but the hub is offline (HF_HUB_OFFLINE is set). "
+            "Download the model elsewhere and pass its local folder path, or use builtin:tiny-sd."
+        )
+    try:
+        return snapshot_download(
+            repo_id,
+            revision=cfg.revision or None,
+            allow_patterns=["model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.safetensors"],
+        )
+    except Exception as err:  # network errors come in many library-specific types
+        raise ModelLoadError(
+            f"could not download {repo_id!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "If this machine is offline, download the model elsewhere and set `model.base` to its local "
+            "folder, or use builtin:tiny-sd."
+        ) from None
+
+
+def assemble_base_model(
+    family: str,
+    unet: Any,
+    vae: Any,
+    text_encoders: list[Any],
+    tokenizers: list[Any],
+    noise_scheduler: Any,
+    cfg: ModelConfig,
+    source: str,
+    name_or_path: str,
+    dtype: Any = None,
+    extra: dict[str, Any] | None = None,
+) -> BaseModel:
+    """Freeze the components, apply a prediction-type override and read the model constants."""
+    if cfg.prediction_type:
+        noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
+    for module in (unet, vae, *text_encoders):
+        module.requires_grad_(False)
+        module.eval()
+        if dtype is not None:
+            module.to(dtype=dtype)
+    return BaseModel(
+        family=family,
+        unet=unet,
+        vae=vae,
+        text_encoders=list(text_encoders),
+        tokenizers=list(tokenizers),
+        noise_scheduler=noise_scheduler,
+        prediction_type=noise_scheduler.config.prediction_type,
+        latent_scale=float(vae.config.scaling_factor),
+        latent_shift=float(getattr(vae.config, "shift_factor", None) or 0.0),
+        # Each VAE encoder block but the last halves the resolution.
+        vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+        source=source,
+        name_or_path=name_or_path,
+        extra=dict(extra or {}),
+    )
