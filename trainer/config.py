@@ -105,6 +105,35 @@ class DatasetConfig:
         advanced=True,
     )
     num_workers: int = option(0, "DataLoader worker processes (0 loads in the training process).", advanced=True)
+    bucketing: bool = option(
+        False,
+        "Aspect-ratio bucketing: train each image at the bucket size nearest its aspect ratio (about "
+        "resolution² pixels) instead of a square crop; a batch never mixes buckets.",
+    )
+    bucket_min: int = option(
+        256,
+        "Smallest bucket side in pixels (kohya default 256). Below resolution 512 the bucket limits and step "
+        "scale by resolution/512 (step never below 8), so resolution 64 uses 32-128 px in steps of 8.",
+        advanced=True,
+    )
+    bucket_max: int = option(1024, "Largest bucket side in pixels (kohya default 1024; scaled like `bucket_min`).", advanced=True)
+    bucket_step: int = option(64, "Bucket sides are multiples of this (kohya default 64; a multiple of 8; scaled like `bucket_min`).", advanced=True)
+    bucket_no_upscale: bool = option(
+        False,
+        "Never upscale: an image smaller than resolution² gets its own bucket (its size rounded down to the step).",
+        advanced=True,
+    )
+    reg_path: str = option(
+        "",
+        "Folder of regularization (class) images for DreamBooth-style prior preservation; empty: none.",
+        advanced=True,
+    )
+    prior_loss_weight: float = option(1.0, "Loss weight of regularization images relative to training images.", advanced=True)
+    class_prompt: str = option(
+        "",
+        "Caption for regularization images without a caption file (empty: `class_word`).",
+        advanced=True,
+    )
 
 
 @dataclass
@@ -449,6 +478,16 @@ def validate(config: Config) -> list[str]:
     _non_negative(p, "dataset.keep_tokens", ds.keep_tokens)
     _probability(p, "dataset.caption_dropout", ds.caption_dropout)
     _non_negative(p, "dataset.num_workers", ds.num_workers)
+    _positive(p, "dataset.bucket_min", ds.bucket_min)
+    _positive(p, "dataset.bucket_max", ds.bucket_max)
+    if ds.bucket_step <= 0 or ds.bucket_step % 8:
+        p.append(f"`dataset.bucket_step` must be a positive multiple of 8, got {ds.bucket_step}")
+    if 0 < ds.bucket_max < ds.bucket_min:
+        p.append(f"`dataset.bucket_max` ({ds.bucket_max}) must be at least `dataset.bucket_min` ({ds.bucket_min})")
+    if ds.prior_loss_weight < 0:
+        p.append(f"`dataset.prior_loss_weight` must be 0 or more, got {ds.prior_loss_weight}")
+    if ds.reg_path.strip() and ds.reg_path.strip() == ds.path.strip():
+        p.append("`dataset.reg_path` must be a different folder from `dataset.path`")
     _positive(p, "network.rank", net.rank)
     if net.alpha <= 0:
         p.append(f"`network.alpha` must be a positive number, got {net.alpha}")

@@ -1,0 +1,69 @@
+"""``train``: run a config to completion (or resume it); every setting is documented in the help."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from trainer.config import field_infos, load_config, section_doc, set_dotted
+
+NAME = "train"
+HELP = "train a LoRA adapter from a TOML config"
+
+
+def _settings_help() -> str:
+    lines = ["settings (TOML sections and keys; override any with --set section.key=value):"]
+    section = None
+    for info in field_infos():
+        if info.section != section:
+            section = info.section
+            lines.append(f"\n  [{section}]  {section_doc(section)}")
+        choices = f" One of: {', '.join(map(repr, info.choices))}." if info.choices else ""
+        lines.append(f"    {info.name} = {info.default!r}\n        {info.doc}{choices}")
+    return "\n".join(lines)
+
+
+DESCRIPTION = HELP + "\n\n" + _settings_help()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="the TOML config (write one with: python -m trainer init-config)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the config's run folder from its latest checkpoint")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a setting, e.g. --set training.max_steps=500 (value parsed as TOML)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (events.jsonl still records progress)")
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+    import tomllib
+
+    from trainer.config import ConfigError
+
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError([f"--set {item!r}: expected SECTION.KEY=VALUE"])
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # bare words are strings: --set model.base=builtin:tiny-sd
+        set_dotted(config, key.strip(), value)
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer.config import ConfigError, validate
+
+    config = load_config(args.config)
+    apply_overrides(config, args.set)
+    problems = validate(config)
+    if problems:
+        raise ConfigError(problems, args.config)
+    from trainer.train import train  # heavy imports only once the config is known to be good
+
+    result = train(config, resume=args.resume, show_progress=not args.no_progress)
+    print(f"{result.status} at step {result.step}: {result.run_dir}")
+    for path in result.adapter_paths:
+        print(f"adapter: {path}")
+    return 0

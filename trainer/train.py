@@ -1,0 +1,459 @@
+"""The training run: setup in named helpers, then a step loop that reads top to bottom (nanoGPT style).
+
+``train(cfg)`` turns a validated config into a run folder: events, log, samples, checkpoints and the
+exported adapter. It raises user-facing errors after recording them as a ``finished``/``failed`` event.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.caches import LatentCache, TextCache, encode_latents
+from trainer.checkpoint import TrainProgress, latest_checkpoint, load_checkpoint, save_checkpoint
+from trainer.conditioning import encode_text, unet_conditioning
+from trainer.config import Config, ConfigError, validate
+from trainer.diffusion_math import diffusion_loss, min_snr_weights, sample_noise, sample_timesteps, training_target
+from trainer.errors import UserFacingError
+from trainer.events import EventWriter
+from trainer.network import InjectedNetwork, inject_lora
+from trainer.optim import build_lr_scheduler, build_optimizer
+from trainer.run_folder import StopRequest, prepare_run_dir, setup_logging
+
+
+class TrainingDiverged(UserFacingError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    status: str  # completed | stopped | failed
+    step: int
+    run_dir: Path
+    adapter_paths: list[Path] = field(default_factory=list)
+    final_loss: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class Session:
+    """Everything the step loop touches, built once by ``setup``."""
+
+    cfg: Config
+    run_dir: Path
+    accelerator: Any
+    model: Any
+    network: InjectedNetwork
+    dataset: Any
+    trained: dict[str, torch.nn.Module]  # component name -> module being trained (unwrapped)
+    train_unet: Any  # the UNet as prepared by accelerate (DDP-wrapped on several GPUs)
+    optimizer: Any
+    lr_scheduler: Any
+    weight_dtype: torch.dtype
+    total_steps: int
+    micro_batches_per_epoch: int
+    latent_cache: LatentCache | None
+    text_cache: TextCache | None
+    events: EventWriter
+    log: Any
+    progress: TrainProgress = field(default_factory=TrainProgress)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+def train(cfg: Config, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    """Run (or resume) training as configured; see the module docstring."""
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    run_dir = prepare_run_dir(cfg, resume)
+    events = EventWriter(run_dir)
+    log = setup_logging(run_dir)
+    stop = StopRequest(run_dir).install()
+    session: Session | None = None
+    try:
+        session = setup(cfg, run_dir, events, log, resume)
+        return run_loop(session, stop, show_progress)
+    except BaseException as err:
+        step = session.progress.step if session else 0
+        message = str(err) if isinstance(err, (UserFacingError, ConfigError)) else f"{type(err).__name__}: {err}"
+        if not isinstance(err, (UserFacingError, ConfigError)):
+            log.error("training failed:\n%s", traceback.format_exc())
+        else:
+            log.error("training failed: %s", message)
+        events.emit("finished", status="failed", step=step, error=message, adapter=None)
+        raise
+    finally:
+        stop.uninstall()
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup
+
+
+def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: bool) -> Session:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from trainer.data import build_train_dataset
+    from trainer.models.loading import load_base_model
+
+    # The dataset is checked before any model loads: a typo in a path should fail in a second.
+    dataset = build_train_dataset(cfg.dataset, seed=cfg.training.seed)
+    for warning in getattr(dataset, "warnings", []):
+        log.warning(warning)
+        events.emit("warning", message=warning)
+
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=cfg.training.device == "cpu")
+    set_seed(cfg.training.seed)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    log.info("loading base model %s", cfg.model.base)
+    model = load_base_model(cfg.model, dtype=weight_dtype)
+    _move_to(model, accelerator.device)
+    network = inject_lora(model, cfg.network)
+    if cfg.network.init_from:
+        _init_from_adapter(model, Path(cfg.network.init_from))
+    trained = {name: mod for name, mod in model.component_modules().items() if name in network.adapted_modules}
+    if cfg.training.gradient_checkpointing:
+        _enable_gradient_checkpointing(trained)
+
+    latent_cache = _build_latent_cache(cfg, model, dataset, run_dir, log)
+    text_cache = None
+    if cfg.dataset.cache_text_embeddings and not cfg.network.train_text_encoder and dataset.static_captions:
+        captions = [dataset.static_caption(i) for i in range(len(dataset.records))]
+        text_cache = TextCache(model, captions, accelerator.device)
+
+    micro_per_epoch = _micro_batches_per_epoch(cfg, dataset, accelerator)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.training.gradient_accumulation_steps)
+    total_steps = cfg.training.max_steps or cfg.training.epochs * steps_per_epoch
+    optimizer = build_optimizer(cfg.optimizer, network.unet_params, network.text_encoder_params, accelerator.device)
+    lr_scheduler = build_lr_scheduler(cfg.optimizer, optimizer, total_steps)
+    prepared = accelerator.prepare(*trained.values(), optimizer)
+    train_unet, optimizer = prepared[0], prepared[-1]
+
+    session = Session(
+        cfg=cfg, run_dir=run_dir, accelerator=accelerator, model=model, network=network, dataset=dataset,
+        trained=trained, train_unet=train_unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
+        weight_dtype=weight_dtype, total_steps=total_steps, micro_batches_per_epoch=micro_per_epoch,
+        latent_cache=latent_cache, text_cache=text_cache, events=events, log=log,
+    )
+    resumed_from = 0
+    if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        session.progress = load_checkpoint(ckpt, trained, optimizer, lr_scheduler)
+        resumed_from = session.progress.step
+        log.info("resumed from %s (step %d)", ckpt, resumed_from)
+    elif resume:
+        log.info("no checkpoint in %s: starting from step 0", run_dir)
+    log.info(
+        "%d images x %d repeats, %d steps, %d trainable LoRA parameters on %s (%s)",
+        len(dataset.records), cfg.dataset.repeats, total_steps, network.num_trainable,
+        accelerator.device, accelerator.mixed_precision,
+    )
+    events.emit(
+        "started",
+        total_steps=total_steps,
+        epochs=math.ceil(total_steps / max(steps_per_epoch, 1)),
+        num_images=len(dataset.records),
+        num_batches_per_epoch=micro_per_epoch,
+        resumed_from_step=resumed_from,
+        base_model=cfg.model.base,
+        family=model.family,
+        prediction_type=model.prediction_type,
+        device=str(accelerator.device),
+        mixed_precision=accelerator.mixed_precision,
+        trainable_parameters=network.num_trainable,
+        buckets=_bucket_table(dataset),
+    )
+    return session
+
+
+def _mixed_precision(cfg: Config) -> str:
+    mp = cfg.training.mixed_precision
+    if mp == "fp16" and (cfg.training.device == "cpu" or not torch.cuda.is_available()):
+        raise UserFacingError(
+            "`training.mixed_precision = \"fp16\"` needs a CUDA GPU; on the CPU use \"no\" (or \"bf16\")"
+        )
+    return mp
+
+
+def _move_to(model: Any, device: torch.device) -> None:
+    for module in (model.unet, model.vae, *model.text_encoders):
+        module.to(device)
+
+
+def _init_from_adapter(model: Any, path: Path) -> None:
+    from trainer.export import load_adapter_weights
+
+    if not path.is_file():
+        raise UserFacingError(f"`network.init_from` file not found: {path}")
+    load_adapter_weights(model, path)
+
+
+def _enable_gradient_checkpointing(trained: dict[str, torch.nn.Module]) -> None:
+    for name, module in trained.items():
+        if name == "unet":
+            module.enable_gradient_checkpointing()
+        else:
+            module.gradient_checkpointing_enable()
+
+
+def _build_latent_cache(cfg: Config, model: Any, dataset: Any, run_dir: Path, log: Any) -> LatentCache | None:
+    mode = cfg.dataset.cache_latents
+    if mode == "off":
+        return None
+    if not dataset.cacheable_latents:
+        log.info("latents not cached: random crop or flip changes the pixels every epoch")
+        return None
+    from tqdm.auto import tqdm
+
+    return LatentCache(model, dataset, mode, run_dir / "cache" / "latents", cfg.training.seed, progress=tqdm)
+
+
+def _micro_batches_per_epoch(cfg: Config, dataset: Any, accelerator: Any) -> int:
+    from trainer.data import epoch_batches
+
+    batches = epoch_batches(dataset, cfg.training.batch_size, cfg.training.seed, 0)
+    return max(len(batches) // accelerator.num_processes, 1)
+
+
+def _bucket_table(dataset: Any) -> Any:
+    table = getattr(dataset, "bucket_table", None)
+    return table() if callable(table) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def epoch_loader(s: Session, epoch: int, skip: int) -> torch.utils.data.DataLoader:
+    """This process's micro-batches of ``epoch``, from micro-batch ``skip`` on (resume mid-epoch)."""
+    from trainer.data import epoch_batches
+
+    s.dataset.set_epoch(epoch)
+    batches = epoch_batches(s.dataset, s.cfg.training.batch_size, s.cfg.training.seed, epoch)
+    n = s.accelerator.num_processes
+    # Shard whole batches across processes; every process gets the same count so DDP stays in step.
+    mine = batches[s.accelerator.process_index : s.micro_batches_per_epoch * n : n][skip:]
+    # A private generator: worker seeding must not draw from the global RNG we checkpoint.
+    generator = torch.Generator().manual_seed(s.cfg.training.seed + epoch)
+    return torch.utils.data.DataLoader(
+        s.dataset, batch_sampler=mine, collate_fn=collate, num_workers=s.cfg.dataset.num_workers, generator=generator
+    )
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "pixel_values": torch.stack([i["pixel_values"] for i in items]),
+        "caption": [i["caption"] for i in items],
+        "record_index": [int(i["record_index"]) for i in items],
+        "loss_weight": torch.tensor([float(i.get("loss_weight", 1.0)) for i in items]),
+        "original_size": torch.tensor([list(i.get("original_size", (0, 0))) for i in items]),
+        "crop_top_left": torch.tensor([list(i.get("crop_top_left", (0, 0))) for i in items]),
+        "target_size": torch.tensor([list(i.get("target_size", (0, 0))) for i in items]),
+    }
+
+
+def compute_loss(s: Session, batch: dict[str, Any]) -> torch.Tensor:
+    """Noise the latents at random timesteps and score the UNet's prediction of the target."""
+    cfg, model, device = s.cfg, s.model, s.device
+    if s.latent_cache is not None:
+        latents = s.latent_cache.batch(batch["record_index"], device)
+    else:
+        latents = encode_latents(model, batch["pixel_values"])
+    latents = latents.to(device)  # (B, C, h, w)
+    noise = sample_noise(latents, cfg.training.noise_offset)
+    timesteps = sample_timesteps(latents.shape[0], model.noise_scheduler.config.num_train_timesteps, device)
+    noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
+    if s.text_cache is not None:
+        text = s.text_cache.batch(batch["caption"], device)
+    elif "text_encoder" in s.trained:
+        text = encode_text(model, batch["caption"], device)
+    else:
+        with torch.no_grad():
+            text = encode_text(model, batch["caption"], device)
+    cond = unet_conditioning(model, text, batch, s.weight_dtype)
+    prediction = s.train_unet(noisy.to(s.weight_dtype), timesteps, **cond).sample
+    target = training_target(model.noise_scheduler, latents, noise, timesteps, model.prediction_type)
+    weights = batch["loss_weight"].to(device)
+    if cfg.training.min_snr_gamma:
+        weights = weights * min_snr_weights(model.noise_scheduler, timesteps, cfg.training.min_snr_gamma, model.prediction_type)
+    return diffusion_loss(prediction, target, weights)
+
+
+def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
+    from tqdm.auto import tqdm
+
+    cfg, acc = s.cfg, s.accelerator
+    accum = cfg.training.gradient_accumulation_steps
+    for module in s.trained.values():
+        module.train()
+    bar = tqdm(total=s.total_steps, initial=s.progress.step, unit="step", disable=not (show_progress and acc.is_main_process), dynamic_ncols=True)
+    meter = RateMeter(s.progress.step)
+    loss_sum, micro_in_step, last_loss = 0.0, 0, None
+    status = "completed"
+    while s.progress.step < s.total_steps and status == "completed":
+        for batch in epoch_loader(s, s.progress.epoch, s.progress.batch_in_epoch):
+            s.progress.batch_in_epoch += 1
+            end_of_epoch = s.progress.batch_in_epoch >= s.micro_batches_per_epoch
+            sync = (micro_in_step + 1) == accum or end_of_epoch
+            # Gradients are summed over micro-batches; DDP all-reduces only on the last one.
+            with acc.no_sync(s.train_unet) if not sync else _null():
+                loss = compute_loss(s, batch)
+                acc.backward(loss / accum)
+            loss_sum += loss.detach().item()
+            micro_in_step += 1
+            if not sync:
+                continue
+            if cfg.optimizer.max_grad_norm:
+                acc.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], cfg.optimizer.max_grad_norm)
+            s.optimizer.step()
+            s.lr_scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+            last_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
+            s.progress.step += 1
+            if end_of_epoch:
+                s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
+            check_finite(last_loss, s.progress.step, cfg)
+            report_step(s, bar, meter, last_loss)
+            if stop.requested:
+                s.log.info("stop requested (%s) at step %d: saving", stop.reason, s.progress.step)
+                status = "stopped"
+                break
+            if s.progress.step >= s.total_steps:
+                break
+            periodic_work(s)
+            if end_of_epoch:
+                break  # start the next epoch's loader
+        else:
+            if s.progress.batch_in_epoch >= s.micro_batches_per_epoch:
+                s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
+    bar.close()
+    return finish(s, status, last_loss)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def check_finite(loss: float, step: int, cfg: Config) -> None:
+    if math.isfinite(loss):
+        return
+    hints = ["lower `optimizer.learning_rate` (try a tenth)"]
+    if cfg.training.mixed_precision == "fp16":
+        hints.append("use `training.mixed_precision = \"bf16\"` (or \"no\"): fp16 overflows")
+    if not cfg.optimizer.max_grad_norm:
+        hints.append("set `optimizer.max_grad_norm = 1.0`")
+    hints.append("check the dataset for broken images")
+    raise TrainingDiverged(f"the loss became {loss} at step {step}; training stopped. Try: " + "; ".join(hints))
+
+
+class RateMeter:
+    """Optimizer steps per second, smoothed, for it/s and ETA."""
+
+    def __init__(self, start_step: int):
+        self.last_time = time.perf_counter()
+        self.rate: float | None = None
+
+    def tick(self) -> float:
+        now = time.perf_counter()
+        instant = 1.0 / max(now - self.last_time, 1e-9)
+        self.last_time = now
+        self.rate = instant if self.rate is None else 0.8 * self.rate + 0.2 * instant
+        return self.rate
+
+
+def report_step(s: Session, bar: Any, meter: RateMeter, loss: float) -> None:
+    rate = meter.tick()
+    step = s.progress.step
+    lr = s.lr_scheduler.get_last_lr()[0]
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+    if s.accelerator.is_main_process and (step % s.cfg.training.log_every == 0 or step == s.total_steps):
+        s.events.emit(
+            "step",
+            step=step,
+            total_steps=s.total_steps,
+            epoch=s.progress.epoch,
+            loss=round(loss, 6),
+            lr=lr,
+            it_per_s=round(rate, 4),
+            eta_s=round((s.total_steps - step) / rate, 1) if rate > 0 else None,
+        )
+
+
+def periodic_work(s: Session) -> None:
+    step = s.progress.step
+    if s.cfg.sampling.every_n_steps and step % s.cfg.sampling.every_n_steps == 0:
+        make_previews(s)
+    if s.cfg.checkpoint.every_n_steps and step % s.cfg.checkpoint.every_n_steps == 0:
+        make_checkpoint(s)
+
+
+def make_previews(s: Session) -> None:
+    if not s.accelerator.is_main_process:
+        return
+    from trainer.sampling import generate_previews
+
+    for result in generate_previews(s.model, s.cfg, s.run_dir, s.progress.step, device=s.device, dtype=s.weight_dtype):
+        s.events.emit(
+            "sample", step=result.step, path=str(Path(result.path).relative_to(s.run_dir)), prompt=result.prompt,
+            seed=result.seed, index=result.index,
+        )
+
+
+def make_checkpoint(s: Session) -> Path | None:
+    s.accelerator.wait_for_everyone()
+    if not s.accelerator.is_main_process:
+        return None
+    path = save_checkpoint(
+        s.run_dir, s.progress, s.trained, s.optimizer, s.lr_scheduler, s.cfg.checkpoint.keep_last,
+        write_adapter=lambda folder: _export(s, folder, verify=False),
+    )
+    s.events.emit("checkpoint", step=s.progress.step, path=str(path.relative_to(s.run_dir)))
+    return path
+
+
+def _export(s: Session, out_dir: Path, verify: bool) -> list[Any]:
+    from trainer.export import export_adapter
+
+    return export_adapter(s.model, s.cfg, out_dir, metadata=training_metadata(s), verify=verify)
+
+
+def training_metadata(s: Session) -> Any:
+    from trainer.export import TrainingMetadata
+
+    return TrainingMetadata.from_session(s)
+
+
+def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
+    """Save state and the adapter (also when stopped), announce the exports, close the run."""
+    step = s.progress.step
+    if s.cfg.sampling.at_end and status == "completed":
+        make_previews(s)
+    if step > 0:
+        make_checkpoint(s)
+    adapters: list[Path] = []
+    if s.accelerator.is_main_process:
+        for result in _export(s, s.run_dir, verify=s.cfg.export.verify):
+            adapters.append(Path(result.path))
+            s.events.emit(
+                "export", step=step, path=str(Path(result.path).relative_to(s.run_dir)), format=result.format,
+                verified=result.verified, max_abs_diff=result.max_abs_diff, keys=result.keys, message=result.message,
+            )
+            if result.verified is False:
+                s.log.warning("export check failed for %s: %s", result.path, result.message)
+        s.events.emit("finished", status=status, step=step, error=None, adapter=str(adapters[0].relative_to(s.run_dir)) if adapters else None, final_loss=last_loss)
+    s.log.info("%s at step %d; adapter: %s", status, step, ", ".join(map(str, adapters)) or "none")
+    return TrainResult(status=status, step=step, run_dir=s.run_dir, adapter_paths=adapters, final_loss=last_loss)
