@@ -134,6 +134,12 @@ class DatasetConfig:
         "Caption for regularization images without a caption file (empty: `class_word`).",
         advanced=True,
     )
+    class_images: int = option(
+        0,
+        "Generate this many regularization images into `reg_path` from the base model with `class_prompt` "
+        "before training (kept and reused by later runs with the same settings); 0: use what is there.",
+        advanced=True,
+    )
 
 
 @dataclass
@@ -488,6 +494,11 @@ def validate(config: Config) -> list[str]:
         p.append(f"`dataset.prior_loss_weight` must be 0 or more, got {ds.prior_loss_weight}")
     if ds.reg_path.strip() and ds.reg_path.strip() == ds.path.strip():
         p.append("`dataset.reg_path` must be a different folder from `dataset.path`")
+    _non_negative(p, "dataset.class_images", ds.class_images)
+    if ds.class_images > 0 and not ds.reg_path.strip():
+        p.append("`dataset.class_images` needs `dataset.reg_path`: the folder the generated images go to")
+    if ds.class_images > 0 and not (ds.class_prompt.strip() or ds.class_word.strip()):
+        p.append("`dataset.class_images` needs `dataset.class_prompt` (or `dataset.class_word`) to generate from")
     _positive(p, "network.rank", net.rank)
     if net.alpha <= 0:
         p.append(f"`network.alpha` must be a positive number, got {net.alpha}")

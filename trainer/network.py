@@ -15,6 +15,7 @@ from trainer.config import (
     UNET_TARGET_PRESETS,
     NetworkConfig,
 )
+from trainer.errors import UserFacingError
 
 ADAPTER_NAME = "default"
 
@@ -57,7 +58,7 @@ def lora_config(cfg: NetworkConfig, targets: list[str]) -> Any:
 def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None = None) -> InjectedNetwork:
     """Add a LoRA adapter to the UNet (and text encoders when trained) of a ``BaseModel``.
 
-    Raises ValueError naming ``network.unet_target_modules`` when a target matches no layer.
+    Raises UserFacingError naming ``network.unet_target_modules`` when a target matches no layer.
     """
     train_te = cfg.train_text_encoder if train_text_encoder is None else train_text_encoder
     components = {"unet": (model.unet, unet_target_modules(cfg))}
@@ -96,7 +97,7 @@ def _check_targets_exist(component: str, module: Any, targets: list[str]) -> Non
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         field = "network.unet_target_modules" if component == "unet" else "network.train_text_encoder"
-        raise ValueError(
+        raise UserFacingError(
             f"`{field}`: no layer named {', '.join(repr(m) for m in missing)} in the {component}; "
             "use diffusers module names such as to_q, to_k, to_v, to_out.0, proj_in, ff.net.2"
         )

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny training config on sample_data/ that trains in seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+
+# Tests must never reach for the network: model loading is offline by construction.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Build a Config for a short CPU run in ``tmp_path``; keyword overrides use ``section__field``."""
+    from trainer.config import Config
+
+    def factory(name: str = "run", **overrides):
+        cfg = Config()
+        cfg.run.output_dir = str(tmp_path / "runs")
+        cfg.run.name = name
+        cfg.dataset.path = str(SAMPLE_DATA)
+        cfg.dataset.resolution = 64
+        cfg.training.max_steps = 8
+        cfg.training.device = "cpu"
+        cfg.sampling.every_n_steps = 0
+        cfg.sampling.at_end = False
+        cfg.sampling.steps = 4
+        cfg.checkpoint.every_n_steps = 0
+        cfg.export.verify = False
+        for key, value in overrides.items():
+            section, field = key.split("__", 1)
+            setattr(getattr(cfg, section), field, value)
+        return cfg
+
+    return factory

@@ -1,0 +1,243 @@
+"""The safetensors header of an exported adapter: ``ss_*`` training facts, ``sshs_*`` hashes, ``modelspec.*``.
+
+Keys and value formats follow sd-scripts (``train_network.py`` builds ``ss_*``, every value a string;
+``networks/lora.py`` adds the hashes; ``library/sai_model_spec.py`` the ``modelspec.*`` keys), because
+AUTOMATIC1111, its additional-networks extension and civitai read exactly these.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.config import Config
+
+SS_NETWORK_MODULE = "networks.lora"  # sd-scripts' LoRA module; A1111 uses it to pick the network type
+BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
+@dataclass
+class TrainingMetadata:
+    """What only the training loop knows at export time; everything else comes from the config.
+
+    ``num_train_images`` counts images × repeats, as sd-scripts does. ``tag_frequency`` and
+    ``dataset_dirs`` are keyed by image folder name (``{"img": {"sks": 10, "dog": 3}}`` and
+    ``{"img": {"n_repeats": 10, "img_count": 12}}``).
+    """
+
+    steps: int = 0
+    epoch: int = 0
+    max_train_steps: int = 0
+    num_epochs: int = 0
+    num_train_images: int = 0
+    num_reg_images: int = 0
+    num_batches_per_epoch: int = 0
+    tag_frequency: dict[str, dict[str, int]] = field(default_factory=dict)
+    dataset_dirs: dict[str, dict[str, int]] = field(default_factory=dict)
+    training_started_at: float = 0.0  # unix time
+    training_finished_at: float | None = None  # None: the time of export
+    session_id: int = 0
+    base_model_name: str = ""  # empty: config's model.base
+    optimizer: str = ""  # e.g. "torch.optim.AdamW(weight_decay=0.01)"; empty: config's optimizer.name
+
+    @classmethod
+    def from_session(cls, s: Any) -> TrainingMetadata:
+        """Collect the metadata from the training loop's ``Session``."""
+        records = list(getattr(s.dataset, "records", []) or [])
+        train = [r for r in records if not getattr(r, "is_regularization", False)]
+        steps_per_epoch = max(1, -(-s.micro_batches_per_epoch // s.cfg.training.gradient_accumulation_steps))
+        return cls(
+            steps=s.progress.step,
+            epoch=s.progress.epoch,
+            max_train_steps=s.total_steps,
+            num_epochs=-(-s.total_steps // steps_per_epoch),
+            num_train_images=sum(getattr(r, "repeats", 1) for r in train),
+            num_reg_images=sum(getattr(r, "repeats", 1) for r in records) - sum(getattr(r, "repeats", 1) for r in train),
+            num_batches_per_epoch=s.micro_batches_per_epoch,
+            tag_frequency=tag_frequency(train, s.cfg),
+            dataset_dirs=dataset_dirs(train),
+            training_started_at=getattr(s, "started_at", None) or _started_at(Path(s.run_dir)),
+            session_id=int(s.cfg.training.seed),
+        )
+
+
+def tag_frequency(records: list[Any], cfg: Config) -> dict[str, dict[str, int]]:
+    """Per image folder, how many images' captions hold each comma-separated tag (sd-scripts' count)."""
+    from trainer.data.captions import compose_caption, split_tags
+
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        trigger = getattr(r, "trigger", "") or cfg.dataset.trigger_word
+        class_word = getattr(r, "class_word", "") or cfg.dataset.class_word
+        counts = out.setdefault(Path(r.path).parent.name, {})
+        for tag in split_tags(compose_caption(r.caption, trigger, class_word)):
+            counts[tag] = counts.get(tag, 0) + 1
+    return out
+
+
+def dataset_dirs(records: list[Any]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        entry = out.setdefault(Path(r.path).parent.name, {"n_repeats": getattr(r, "repeats", 1), "img_count": 0})
+        entry["img_count"] += 1
+    return out
+
+
+def _started_at(run_dir: Path) -> float:
+    """The time of the run's first ``started`` event (the loop writes it before step 1)."""
+    try:
+        with open(run_dir / "events.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event.get("type") == "started":
+                    return float(event["time"])
+    except OSError:
+        pass
+    return time.time()
+
+
+def base_model_version(family: str, prediction_type: str) -> str:
+    if family == "sd2" and prediction_type == "v_prediction":
+        return "sd_v2_v"
+    return BASE_MODEL_VERSIONS.get(family, family)
+
+
+def modelspec_architecture(family: str, prediction_type: str) -> str:
+    """sai_model_spec's architecture id with the ``/lora`` adapter suffix."""
+    if family == "sdxl":
+        arch = "stable-diffusion-xl-v1-base"
+    elif family == "sd2":
+        arch = "stable-diffusion-v2-768-v" if prediction_type == "v_prediction" else "stable-diffusion-v2-512"
+    else:
+        arch = "stable-diffusion-v1"
+    return f"{arch}/lora"
+
+
+def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[str, str]:
+    """The ``ss_*`` and ``modelspec.*`` entries (all strings), before the hashes are added."""
+    net, opt, tr, ds = cfg.network, cfg.optimizer, cfg.training, cfg.dataset
+    finished = meta.training_finished_at if meta.training_finished_at is not None else time.time()
+    te_lr = opt.text_encoder_lr if net.train_text_encoder else None
+    ss: dict[str, Any] = {
+        "ss_session_id": meta.session_id,
+        "ss_training_started_at": meta.training_started_at,
+        "ss_training_finished_at": finished,
+        "ss_output_name": cfg.run.name,
+        "ss_learning_rate": opt.learning_rate,
+        "ss_unet_lr": opt.learning_rate,
+        "ss_text_encoder_lr": te_lr,
+        "ss_num_train_images": meta.num_train_images,
+        "ss_num_reg_images": meta.num_reg_images,
+        "ss_num_batches_per_epoch": meta.num_batches_per_epoch,
+        "ss_num_epochs": meta.num_epochs,
+        "ss_epoch": meta.epoch,
+        "ss_steps": meta.steps,
+        "ss_max_train_steps": meta.max_train_steps,
+        "ss_batch_size_per_device": tr.batch_size,
+        "ss_total_batch_size": tr.batch_size * tr.gradient_accumulation_steps,
+        "ss_gradient_checkpointing": tr.gradient_checkpointing,
+        "ss_gradient_accumulation_steps": tr.gradient_accumulation_steps,
+        "ss_lr_warmup_steps": opt.warmup_steps,
+        "ss_lr_scheduler": opt.scheduler,
+        "ss_optimizer": meta.optimizer or opt.name,
+        "ss_max_grad_norm": opt.max_grad_norm,
+        "ss_network_module": SS_NETWORK_MODULE,
+        "ss_network_dim": net.rank,
+        "ss_network_alpha": net.alpha,
+        "ss_network_dropout": net.dropout,
+        "ss_network_args": json.dumps(_network_args(cfg)),
+        "ss_mixed_precision": tr.mixed_precision,
+        "ss_v2": model.family == "sd2",
+        "ss_base_model_version": base_model_version(model.family, model.prediction_type),
+        "ss_sd_model_name": meta.base_model_name or Path(cfg.model.base).name or cfg.model.base,
+        "ss_resolution": f"({ds.resolution}, {ds.resolution})",
+        "ss_seed": tr.seed,
+        "ss_noise_offset": tr.noise_offset or None,
+        "ss_min_snr_gamma": tr.min_snr_gamma or None,
+        "ss_keep_tokens": ds.keep_tokens,
+        "ss_shuffle_caption": ds.shuffle_captions,
+        "ss_flip_aug": ds.flip,
+        "ss_random_crop": ds.crop == "random",
+        "ss_caption_dropout_rate": ds.caption_dropout,
+        "ss_cache_latents": ds.cache_latents != "off",
+        "ss_enable_bucket": False,
+        "ss_tag_frequency": json.dumps(meta.tag_frequency),
+        "ss_dataset_dirs": json.dumps(meta.dataset_dirs),
+        "ss_training_comment": "lora-studio",
+    }
+    # sd-scripts writes str(value) for every entry, so None becomes "None" and bools "True"/"False".
+    out = {k: str(v) for k, v in ss.items()}
+    out.update(modelspec(cfg, model, meta.training_started_at))
+    return out
+
+
+def _network_args(cfg: Config) -> dict[str, str]:
+    net = cfg.network
+    args = {"unet_targets": net.unet_targets, "train_text_encoder": str(net.train_text_encoder)}
+    if net.unet_targets == "custom":
+        args["unet_target_modules"] = ",".join(net.unet_target_modules)
+    if net.train_text_encoder:
+        args["text_encoder_mlp"] = str(net.text_encoder_mlp)
+    return args
+
+
+def modelspec(cfg: Config, model: Any, timestamp: float) -> dict[str, str]:
+    """``modelspec.*`` entries as sd-scripts' ``sai_model_spec.build_metadata`` writes them for a LoRA."""
+    size = cfg.dataset.resolution
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": modelspec_architecture(model.family, model.prediction_type),
+        # sd-scripts: an SD 1.x/2.x LoRA is "diffusers", an SDXL LoRA the Stability AI implementation.
+        "modelspec.implementation": (
+            "https://github.com/Stability-AI/generative-models" if model.family == "sdxl" else "diffusers"
+        ),
+        "modelspec.title": cfg.run.name,
+        "modelspec.resolution": f"{size}x{size}",
+        "modelspec.date": datetime.datetime.fromtimestamp(int(timestamp)).isoformat(),
+        "modelspec.prediction_type": "v" if model.prediction_type == "v_prediction" else "epsilon",
+        "modelspec.trigger_phrase": cfg.dataset.trigger_word,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashes, as sd-scripts' library/train_util.py computes them for sd-webui-additional-networks.
+
+
+def addnet_hash_safetensors(data: io.BytesIO) -> str:
+    """sha256 of everything after the safetensors header: the tensor bytes only."""
+    digest = hashlib.sha256()
+    data.seek(0)
+    header_len = int.from_bytes(data.read(8), "little")
+    data.seek(header_len + 8)
+    for chunk in iter(lambda: data.read(1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def addnet_hash_legacy(data: io.BytesIO) -> str:
+    """The old A1111 model hash: sha256 of 64 KiB at offset 1 MiB, first 8 hex digits."""
+    digest = hashlib.sha256()
+    data.seek(0x100000)
+    digest.update(data.read(0x10000))
+    return digest.hexdigest()[:8]
+
+
+def safetensors_hashes(tensors: dict[str, Any], metadata: dict[str, str]) -> dict[str, str]:
+    """``sshs_model_hash`` / ``sshs_legacy_hash`` over the tensors serialised with the ``ss_*`` entries only.
+
+    sd-scripts keeps only ``ss_*`` keys for this so that user-edited metadata does not change the hash.
+    """
+    import safetensors.torch
+
+    ss_only = {k: v for k, v in metadata.items() if k.startswith("ss_")}
+    data = io.BytesIO(safetensors.torch.save(tensors, ss_only))
+    return {"sshs_model_hash": addnet_hash_safetensors(data), "sshs_legacy_hash": addnet_hash_legacy(data)}

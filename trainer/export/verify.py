@@ -1,0 +1,307 @@
+"""Self-check of an exported adapter: load it the way users will, and compare with the in-training model.
+
+A diffusers pipeline is built from *fresh* copies of the base components (same classes and configs,
+sharing the frozen base tensors, no PEFT layers) and the file goes through
+``pipe.load_lora_weights`` — the path diffusers users take, and the one that parses kohya keys the
+way ComfyUI and A1111 name them. Then three things must hold:
+
+1. every module of the file was consumed: the pipeline's LoRA layers are exactly the in-training
+   ones, and diffusers/PEFT logged no unexpected or missing keys;
+2. per layer, ``scale · B @ A`` equals the trained delta up to the rounding of the save dtype
+   (bound below); this catches a wrong alpha or a swapped up/down whatever the network does with it;
+3. UNet and text-encoder outputs on a fixed input match the in-training model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.export.formats import read_adapter_file
+from trainer.export.keys import adapted_components, lora_layers
+from trainer.network import ADAPTER_NAME
+
+PROBE_PROMPT = "a photo of sks"
+# Output tolerance, in units of the save dtype's rounding error relative to the LoRA's effect on the
+# output. Rounding each stored weight perturbs the update by ~2u; 64u leaves room for the network's
+# gain on that perturbation while a wrong or missing module changes the output by ~100% of the effect.
+OUTPUT_SLACK = 64
+_KEY_PROBLEM = re.compile(r"unexpected|missing|not been correctly|could not", re.IGNORECASE)
+# Logged for every component the file has no keys for (an untrained text encoder); the consumption
+# check decides whether that is a problem.
+_NO_KEYS_NOTICE = "No LoRA keys associated to"
+
+
+@dataclass
+class Verification:
+    verified: bool
+    max_abs_diff: float | None
+    message: str
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """Half the machine epsilon: the worst relative error of rounding one value to ``dtype``."""
+    return torch.finfo(dtype).eps / 2
+
+
+def verify_adapter(path: Path, model: Any) -> Verification:
+    """Load ``path`` into a fresh pipeline and check it reproduces ``model`` (see the module docstring)."""
+    path = Path(path)
+    file_dtype = read_adapter_file(path).dtype
+    trained = adapted_components(model)
+    fresh = {name: base_copy(module) for name, module in model.component_modules().items()}
+    pipe = _pipeline(model, fresh)
+    probe = _probe_inputs(model)
+    base_out = _outputs(fresh, probe)
+    with _eval_mode(list(trained.values())):
+        trained_out = _outputs(model.component_modules(), probe)
+    with _captured_warnings() as logged:
+        try:
+            pipe.load_lora_weights(str(path))
+        except Exception as err:  # diffusers raises ValueError/KeyError/RuntimeError for bad files
+            return Verification(False, None, f"diffusers could not load {path.name}: {type(err).__name__}: {err}")
+    problems = [f"loader warning: {m}" for m in logged if _KEY_PROBLEM.search(m) and not m.startswith(_NO_KEYS_NOTICE)]
+    problems += _consumption_problems(trained, fresh)
+    if problems:
+        return Verification(False, None, "; ".join(problems[:5]))
+    weight_problems = _weight_problems(trained, fresh, file_dtype)
+    loaded_out = _outputs(fresh, probe)
+    diff, output_problems = _compare_outputs(base_out, trained_out, loaded_out, file_dtype, model.unet.dtype)
+    problems = weight_problems + output_problems
+    if problems:
+        return Verification(False, diff, "; ".join(problems[:5]))
+    layers = sum(len(lora_layers(m)) for m in trained.values())
+    return Verification(
+        True, diff, f"{path.name}: {layers} LoRA layers loaded by diffusers; outputs match (max abs diff {diff:.3g})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Fresh base components
+
+
+def base_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A new module of the same class and config, sharing ``module``'s frozen base tensors, without LoRA.
+
+    Built on the meta device (no allocation) and then pointed at the original tensors, so checking a
+    full-size SD model costs no second copy of its weights. Nothing here writes to base weights:
+    load_lora_weights adds LoRA layers beside them.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import ModelMixin
+
+    with init_empty_weights(include_buffers=True):
+        if isinstance(module, ModelMixin):
+            fresh = type(module).from_config(module.config)
+        else:
+            fresh = type(module)(copy.deepcopy(module.config))
+    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    for name, tensor in tensors:
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue
+        _assign(fresh, ".".join(p for p in parts if p != "base_layer"), tensor.detach())
+    left = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(module).__name__}: could not copy base tensors {left[:3]}")
+    return fresh.eval().requires_grad_(False)
+
+
+def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner_name, _, attr = name.rpartition(".")
+    owner = root.get_submodule(owner_name) if owner_name else root
+    if attr in owner._parameters:
+        owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
+    elif attr in owner._buffers:
+        owner._buffers[attr] = tensor
+    else:
+        raise RuntimeError(f"{type(root).__name__} has no tensor {name!r}")
+
+
+def _pipeline(model: Any, fresh: dict[str, torch.nn.Module]) -> Any:
+    scheduler = copy.deepcopy(model.noise_scheduler)  # pipelines may patch an old scheduler config
+    if model.family == "sdxl":
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=fresh["text_encoder"], text_encoder_2=fresh["text_encoder_2"],
+            tokenizer=model.tokenizers[0], tokenizer_2=model.tokenizers[1], unet=fresh["unet"], scheduler=scheduler,
+        )
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=model.vae, text_encoder=fresh["text_encoder"], tokenizer=model.tokenizer, unet=fresh["unet"],
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing outputs
+
+
+@dataclass
+class _Probe:
+    sample: torch.Tensor  # (1, C, s, s) latents
+    timestep: torch.Tensor
+    hidden: torch.Tensor  # (1, 8, cross_attention_dim)
+    added: dict[str, torch.Tensor] | None  # SDXL's text_embeds / time_ids
+    token_ids: dict[str, torch.Tensor]  # per text encoder
+
+
+def _probe_inputs(model: Any) -> _Probe:
+    gen = torch.Generator("cpu").manual_seed(0)
+    cfg = model.unet.config
+    device, dtype = model.unet.device, model.unet.dtype
+    size = 2 * 2 ** (len(cfg.down_block_types) - 1)  # smallest latent every down block can halve
+    cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
+    added = None
+    if cfg.addition_embed_type == "text_time":
+        text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        pixels = size * model.vae_scale_factor
+        added = {
+            "text_embeds": torch.randn(1, text_dim, generator=gen).to(device, dtype),
+            "time_ids": torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=dtype),
+        }
+    token_ids = {}
+    for i, name in enumerate(n for n in model.component_modules() if n.startswith("text_encoder")):
+        tok = model.tokenizers[i]
+        # Unpadded: every token passes through the adapted attention and MLP layers anyway.
+        token_ids[name] = tok(PROBE_PROMPT, return_tensors="pt").input_ids.to(device)
+    return _Probe(
+        sample=torch.randn(1, cfg.in_channels, size, size, generator=gen).to(device, dtype),
+        timestep=torch.tensor([500], device=device),
+        hidden=torch.randn(1, 8, cross, generator=gen).to(device, dtype),
+        added=added,
+        token_ids=token_ids,
+    )
+
+
+@torch.no_grad()
+def _outputs(components: dict[str, Any], probe: _Probe) -> dict[str, torch.Tensor]:
+    kwargs = {"added_cond_kwargs": probe.added} if probe.added else {}
+    out = {"unet": components["unet"](probe.sample, probe.timestep, encoder_hidden_states=probe.hidden, **kwargs).sample}
+    for name, ids in probe.token_ids.items():
+        out[name] = components[name](ids).last_hidden_state
+    return {k: v.float().cpu() for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def _eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
+    """Switch off LoRA dropout for the probe and restore every submodule's mode afterwards."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.train(training)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _captured_warnings() -> Iterator[list[str]]:
+    """Warnings diffusers, transformers and PEFT emit while loading (logging and ``warnings``)."""
+    handler = _Collect()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers", "peft")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    messages: list[str] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield messages
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+    messages.extend(handler.messages + [str(w.message) for w in caught])
+
+
+def _consumption_problems(trained: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, module in fresh.items():
+        loaded = {n for n, layer in module.named_modules() if hasattr(layer, "lora_A") and len(layer.lora_A)}
+        expected = set(lora_layers(trained[name])) if name in trained else set()
+        if expected - loaded:
+            problems.append(f"{len(expected - loaded)} {name} layer(s) not loaded, e.g. {sorted(expected - loaded)[0]}")
+        if loaded - expected:
+            problems.append(f"{len(loaded - expected)} unexpected {name} layer(s), e.g. {sorted(loaded - expected)[0]}")
+    return problems
+
+
+def _delta(layer: Any, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale · B @ A, scale · |B| @ |A|) in fp32, flattened to 2-D for conv layers."""
+    a = layer.lora_A[adapter].weight.float().flatten(1)
+    b = layer.lora_B[adapter].weight.float().flatten(1)
+    scale = layer.scaling[adapter]
+    return scale * (b @ a), scale * (b.abs() @ a.abs())
+
+
+def _weight_problems(trained: dict[str, Any], fresh: dict[str, Any], file_dtype: torch.dtype) -> list[str]:
+    """Per layer: |loaded delta - trained delta| <= 2 (2u + r·u32) · scale · |B| @ |A|.
+
+    Rounding A and B to the stored dtype changes each product a·b by at most (2u + u²)|a·b|, and the
+    fp32 sum over the rank adds at most r·u32 per term; the factor 2 is margin. ``u`` is the larger of
+    the file's and the loaded layer's unit roundoff (diffusers casts LoRA weights to the model dtype).
+    """
+    problems = []
+    for name, module in trained.items():
+        loaded_layers = dict(fresh[name].named_modules())
+        for path, layer in lora_layers(module).items():
+            other = loaded_layers[path]
+            adapter = next(iter(other.lora_A))
+            want, bound = _delta(layer, ADAPTER_NAME)
+            got, _ = _delta(other, adapter)
+            u = max(unit_roundoff(file_dtype), unit_roundoff(other.lora_A[adapter].weight.dtype))
+            rank = layer.r[ADAPTER_NAME]
+            excess = (got - want).abs() - 2 * (2 * u + rank * unit_roundoff(torch.float32)) * bound
+            if excess.max().item() > 0:
+                err = (got - want).abs().max().item()
+                problems.append(f"{name}.{path}: loaded update differs from the trained one by {err:.3g}")
+    return problems
+
+
+def _compare_outputs(
+    base: dict[str, torch.Tensor],
+    trained: dict[str, torch.Tensor],
+    loaded: dict[str, torch.Tensor],
+    file_dtype: torch.dtype,
+    compute_dtype: torch.dtype,
+) -> tuple[float, list[str]]:
+    """Max |loaded - trained| over all outputs, and the outputs beyond tolerance.
+
+    Tolerance: OUTPUT_SLACK · u(file) · (LoRA effect) + OUTPUT_SLACK · u(compute) · |output|. Both
+    sides run the same PEFT code on the same base tensors, so only the stored weights' rounding and,
+    in fp16/bf16, the compute precision separate them.
+    """
+    worst, problems = 0.0, []
+    for name, want in trained.items():
+        diff = (loaded[name] - want).abs().max().item()
+        effect = (want - base[name]).abs().max().item()
+        scale = base[name].abs().max().item()
+        tol = OUTPUT_SLACK * (unit_roundoff(file_dtype) * effect + unit_roundoff(compute_dtype) * scale)
+        worst = max(worst, diff)
+        if not diff <= tol:
+            problems.append(f"{name} output differs by {diff:.3g} (tolerance {tol:.3g}, LoRA effect {effect:.3g})")
+    return worst, problems

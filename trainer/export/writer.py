@@ -1,0 +1,110 @@
+"""Write the adapter file(s) a run produces, atomically, and check each one after writing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.atomic import write_with
+from trainer.config import Config
+from trainer.errors import UserFacingError
+from trainer.export.formats import (
+    DIFFUSERS,
+    KOHYA,
+    LORA_ADAPTER_METADATA_KEY,
+    diffusers_adapter_metadata,
+    diffusers_state_dict,
+    diffusers_tensors,
+    kohya_state_dict,
+    kohya_tensors,
+    to_dtype,
+)
+from trainer.export.keys import adapter_modules
+from trainer.export.metadata import TrainingMetadata, safetensors_hashes, training_metadata
+
+
+@dataclass
+class ExportResult:
+    """One written adapter file and the outcome of its self-check (``verified`` None: not checked)."""
+
+    path: Path
+    format: str
+    keys: int
+    verified: bool | None
+    max_abs_diff: float | None
+    message: str
+
+
+def export_paths(cfg: Config, out_dir: Path) -> dict[str, Path]:
+    """Format -> file: ``NAME.safetensors`` (kohya) and/or ``NAME_diffusers.safetensors``."""
+    out_dir = Path(out_dir)
+    paths = {KOHYA: out_dir / f"{cfg.run.name}.safetensors", DIFFUSERS: out_dir / f"{cfg.run.name}_diffusers.safetensors"}
+    if cfg.export.format == "both":
+        return paths
+    return {cfg.export.format: paths[cfg.export.format]}
+
+
+def export_adapter(
+    model: Any, cfg: Config, out_dir: Path, *, metadata: TrainingMetadata, verify: bool
+) -> list[ExportResult]:
+    """Write the adapter in ``cfg.export.format`` and ``cfg.export.dtype``; with ``verify``, self-check each file."""
+    if not adapter_modules(model):
+        raise UserFacingError("nothing to export: the model carries no LoRA adapter (inject_lora was not called)")
+    header = training_metadata(cfg, model, metadata)
+    dtype = to_dtype(cfg.export.dtype)
+    results = []
+    for fmt, path in export_paths(cfg, out_dir).items():
+        if fmt == KOHYA:
+            tensors = kohya_state_dict(model, alpha=cfg.network.alpha, dtype=dtype)
+            file_meta = dict(header)
+        else:
+            tensors = diffusers_state_dict(model, dtype=dtype)
+            file_meta = {**header, **diffusers_adapter_metadata(adapter_modules(model))}
+        write_safetensors(path, tensors, file_meta)
+        result = ExportResult(path, fmt, len(tensors), None, None, "written; not verified")
+        if verify:
+            from trainer.export.verify import verify_adapter
+
+            check = verify_adapter(path, model)
+            result.verified, result.max_abs_diff, result.message = check.verified, check.max_abs_diff, check.message
+        results.append(result)
+    return results
+
+
+def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Atomic safetensors write with sd-scripts' ``sshs_*`` hashes added to the header."""
+    from safetensors.torch import save_file
+
+    header = {**metadata, **safetensors_hashes(tensors, metadata)}
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def convert_adapter(in_path: Path, out_path: Path, to_format: str, model: Any, dtype: Any = None) -> ExportResult:
+    """Rewrite an adapter file in the other format, keeping its header; ``dtype`` defaults to the file's.
+
+    ``model`` is the base model the adapter was made for (with or without an adapter injected): kohya
+    names are resolved against its layers, so a file for another base is refused, not mangled.
+    """
+    from trainer.export.formats import read_adapter_file, resolve_modules
+    from trainer.export.keys import num_text_encoders
+    from trainer.export.loader import AdapterMismatchError
+
+    if to_format not in (KOHYA, DIFFUSERS):
+        raise UserFacingError(f"unknown adapter format {to_format!r}; use {KOHYA!r} or {DIFFUSERS!r}")
+    source = read_adapter_file(Path(in_path))
+    modules, unknown = resolve_modules(source, model)
+    if unknown:
+        raise AdapterMismatchError(
+            f"{in_path}: {len(unknown)} module(s) match no layer of base model {model.name_or_path!r}, "
+            f"e.g. {unknown[0]}; pass the base model the adapter was trained on"
+        )
+    dtype = to_dtype(dtype) if dtype is not None else source.dtype
+    header = {k: v for k, v in source.metadata.items() if not k.startswith("sshs_") and k != LORA_ADAPTER_METADATA_KEY}
+    if to_format == KOHYA:
+        tensors = kohya_tensors(modules, num_text_encoders(model), dtype=dtype)
+    else:
+        tensors = diffusers_tensors(modules, dtype=dtype)
+        header.update(diffusers_adapter_metadata(modules))
+    write_safetensors(Path(out_path), tensors, header)
+    return ExportResult(Path(out_path), to_format, len(tensors), None, None, f"converted from {source.format}")
