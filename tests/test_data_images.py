@@ -11,7 +11,7 @@ from PIL import Image
 from trainer.config import DatasetConfig
 from trainer.data import DatasetError, build_train_dataset
 from trainer.data.captions import read_caption
-from trainer.data.images import ImageReadError, load_rgb, probe_image
+from trainer.data.images import ImageReadError, load_rgb, probe_image, to_rgb
 from trainer.data.scan import scan_folder
 
 
@@ -95,6 +95,16 @@ def test_transparency_composited_on_white(tmp_path):
     rgba = Image.new("RGBA", (4, 4), (0, 0, 255, 0))
     rgba.save(tmp_path / "a.png")
     assert load_rgb(tmp_path / "a.png").getpixel((0, 0)) == (255, 255, 255)
+    keyed = Image.new("RGB", (4, 4), (1, 2, 3))
+    keyed.putpixel((3, 3), (9, 9, 9))
+    keyed.save(tmp_path / "k.png", transparency=(1, 2, 3))  # tRNS colour key
+    assert load_rgb(tmp_path / "k.png").getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb(tmp_path / "k.png").getpixel((3, 3)) == (9, 9, 9)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "F"])
+def test_every_pillow_mode_converts_to_rgb(mode):
+    assert to_rgb(Image.new(mode, (3, 3))).mode == "RGB"
 
 
 def test_exif_orientation_is_honoured(tmp_path):

@@ -87,3 +87,10 @@ def test_no_images_error_explains_ignored_and_nested_folders(tmp_path):
     assert "no usable images" in message
     assert "dogs: subfolder ignored; name it `N_name class`" in message
     assert f"point the dataset path at {tmp_path / 'img'}" in message
+
+
+def test_orphan_caption_is_a_warning(tmp_path):
+    img(tmp_path / "a.png", caption="x")
+    (tmp_path / "renamed.txt").write_text("lost caption")
+    scan = scan_folder(tmp_path)
+    assert len(scan.records) == 1 and scan.warnings == [f"{tmp_path / 'renamed.txt'}: caption file without an image of the same name (renamed image?)"]

@@ -15,7 +15,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-BUILTIN_MODELS = ("builtin:tiny-sd", "builtin:tiny-sd-v")
+BUILTIN_MODELS = ("builtin:tiny-sd", "builtin:tiny-sd-v", "builtin:tiny-sdxl")
 UNET_TARGET_PRESETS = {
     # diffusers' own module names inside every BasicTransformerBlock (attn1 = self, attn2 = cross).
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -65,8 +65,9 @@ class ModelConfig:
 
     base: str = option(
         "builtin:tiny-sd",
-        "Base model: `builtin:tiny-sd` / `builtin:tiny-sd-v` (tiny random-weight models, no download), "
-        "a local diffusers folder, or a Hugging Face hub id (needs internet).",
+        "Base model: `builtin:tiny-sd` / `builtin:tiny-sd-v` / `builtin:tiny-sdxl` (tiny random-weight models, "
+        "no download), a local diffusers folder, a single-file SD 1.x / 2.x / SDXL checkpoint (.safetensors, "
+        "or .ckpt loaded without running pickled code; loads offline), or a Hugging Face hub id (needs internet).",
     )
     revision: str = option("", "Hub revision (branch, tag or commit) when `base` is a hub id.", advanced=True)
     variant: str = option("", "Weight variant to load, e.g. `fp16`, when the model folder has one.", advanced=True)
@@ -74,6 +75,24 @@ class ModelConfig:
         "",
         "Override the training target. Empty: read it from the model's scheduler config.",
         choices=PREDICTION_TYPES,
+        advanced=True,
+    )
+    vae: str = option(
+        "",
+        "Use this VAE instead of the model's own: a diffusers VAE folder or a single .safetensors VAE file "
+        "(e.g. the fp16-fix SDXL VAE). Empty: the model's VAE.",
+        advanced=True,
+    )
+    zero_terminal_snr: bool = option(
+        False,
+        "Rescale the noise schedule to zero terminal SNR (Lin et al. 2023); use with v-prediction. "
+        "Checkpoints that carry a `ztsnr` marker key get it automatically.",
+        advanced=True,
+    )
+    tokenizer: str = option(
+        "",
+        "Single-file checkpoints only: a folder with CLIP tokenizer files (vocab.json, merges.txt) to use "
+        "instead of the CLIP vocabulary that ships with lora-studio.",
         advanced=True,
     )
 
@@ -474,6 +493,15 @@ def validate(config: Config) -> list[str]:
         p.append("`model.base` must name a base model, e.g. \"builtin:tiny-sd\" or a diffusers folder")
     elif config.model.base.startswith("builtin:") and config.model.base not in BUILTIN_MODELS:
         p.append(f"`model.base` {config.model.base!r} is not a builtin model; builtins: {', '.join(BUILTIN_MODELS)}")
+    if config.model.vae.strip() and not config.model.vae.strip().lower().endswith((".safetensors", ".ckpt", ".pt")):
+        if not Path(config.model.vae).expanduser().is_dir():
+            p.append(f"`model.vae` must be a diffusers VAE folder or a .safetensors VAE file, got {config.model.vae!r}")
+    elif config.model.vae.strip() and not Path(config.model.vae).expanduser().is_file():
+        p.append(f"`model.vae` file not found: {config.model.vae}")
+    if config.model.zero_terminal_snr and config.model.prediction_type == "epsilon":
+        p.append("`model.zero_terminal_snr` needs v-prediction: set `model.prediction_type` to \"v_prediction\" or leave it empty")
+    if config.model.tokenizer.strip() and not (Path(config.model.tokenizer).expanduser() / "vocab.json").is_file():
+        p.append(f"`model.tokenizer` must be a folder with vocab.json and merges.txt, got {config.model.tokenizer!r}")
     ds, net, opt, tr, smp, ck = (config.dataset, config.network, config.optimizer, config.training, config.sampling, config.checkpoint)
     if not ds.path.strip():
         p.append("`dataset.path` must name a folder of images")

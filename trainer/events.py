@@ -3,6 +3,7 @@
 Event types and their fields (every event also has ``type`` and ``time``, seconds since the epoch):
 
 - ``started``: total_steps, epochs, num_images, num_batches_per_epoch, resumed_from_step, base_model, device
+- ``dataset``: report (the health report as a dict), buckets (the bucket table as a dict)
 - ``step``: step, total_steps, epoch, loss, lr, it_per_s, eta_s
 - ``sample``: step, path (relative to the run folder), prompt, seed, index
 - ``checkpoint``: step, path

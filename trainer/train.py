@@ -118,6 +118,12 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
     log.info("loading base model %s", cfg.model.base)
     model = load_base_model(cfg.model, dtype=weight_dtype)
     _move_to(model, accelerator.device)
+    if cfg.dataset.class_images:
+        from trainer.data.regularization import ensure_class_images
+
+        ensure_class_images(model, cfg)  # generated before LoRA exists: they show the base model's prior
+        dataset = build_train_dataset(cfg.dataset, seed=cfg.training.seed)
+    report_dataset_health(cfg, model, dataset, events, log)
     network = inject_lora(model, cfg.network)
     if cfg.network.init_from:
         _init_from_adapter(model, Path(cfg.network.init_from))
@@ -153,8 +159,8 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
     elif resume:
         log.info("no checkpoint in %s: starting from step 0", run_dir)
     log.info(
-        "%d images x %d repeats, %d steps, %d trainable LoRA parameters on %s (%s)",
-        len(dataset.records), cfg.dataset.repeats, total_steps, network.num_trainable,
+        "%d images (%d items per epoch), %d steps, %d trainable LoRA parameters on %s (%s)",
+        len(dataset.records), len(dataset), total_steps, network.num_trainable,
         accelerator.device, accelerator.mixed_precision,
     )
     events.emit(
@@ -170,7 +176,7 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         device=str(accelerator.device),
         mixed_precision=accelerator.mixed_precision,
         trainable_parameters=network.num_trainable,
-        buckets=_bucket_table(dataset),
+        items_per_epoch=len(dataset),
     )
     return session
 
@@ -224,9 +230,14 @@ def _micro_batches_per_epoch(cfg: Config, dataset: Any, accelerator: Any) -> int
     return max(len(batches) // accelerator.num_processes, 1)
 
 
-def _bucket_table(dataset: Any) -> Any:
-    table = getattr(dataset, "bucket_table", None)
-    return table() if callable(table) else None
+def report_dataset_health(cfg: Config, model: Any, dataset: Any, events: EventWriter, log: Any) -> None:
+    """The health report before every run: its findings become warnings, the bucket table a log block."""
+    from trainer.data.health import health_report
+
+    report = health_report(cfg.dataset.path, cfg.dataset, model.tokenizer)
+    events.emit("dataset", report=report.to_dict(), buckets=dataset.bucket_table().to_dict())
+    log.info("dataset health:\n%s", report.format())
+    log.info("buckets:\n%s", dataset.bucket_table().format())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from trainer.errors import UserFacingError
 NAME = "sample"
 HELP = "generate images with a LoRA adapter (with --compare also the base model's, same seed)"
 DESCRIPTION = HELP + (
-    "\n\nThe base model defaults to the one recorded in the adapter's metadata (ss_sd_model_name), "
-    "else builtin:tiny-sd.\nExample: python -m trainer sample runs/my-lora/my-lora.safetensors "
+    "\n\nThe base model defaults to the one in the run folder's config.toml, else the one recorded in "
+    "the adapter's metadata (ss_sd_model_name), else builtin:tiny-sd.\nExample: python -m trainer sample runs/my-lora/my-lora.safetensors "
     '--prompt "sks, a photo" --compare --json'
 )
 ADAPTER_NAME = "adapter"
@@ -79,7 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", action="append", required=True, help="prompt; repeat for several images")
     parser.add_argument("--negative-prompt", default="", help="negative prompt")
     parser.add_argument(
-        "--base", help=f"base model (default: from the adapter's metadata, else {DEFAULT_BASE})"
+        "--base",
+        help=f"base model (default: the run folder's config.toml, else the adapter's metadata, else {DEFAULT_BASE})",
     )
     parser.add_argument(
         "--seed", type=int, default=_DEFAULTS.seed, help="seed of the first prompt; prompt i uses seed + i"
@@ -141,7 +142,7 @@ def sample_adapter(options: SampleOptions) -> list[SampledImage]:
 
     _check_options(options)
     adapter = open_adapter(options.adapter)
-    base = options.base or base_from_metadata(adapter)
+    base = options.base or default_base(adapter)
     device = torch.device("cuda" if options.device == "auto" and torch.cuda.is_available() else "cpu")
     # Half precision on the GPU as every SD UI does; the CPU has no fast fp16 kernels.
     dtype = torch.float16 if device.type == "cuda" else None
@@ -259,10 +260,18 @@ def open_adapter(path: Path) -> AdapterFile:
     return AdapterFile(path=path, metadata=metadata, num_lora_layers=num_layers)
 
 
-def base_from_metadata(adapter: AdapterFile) -> str:
-    """The base model recorded in the adapter, if it can be found on this machine, else the builtin."""
+def default_base(adapter: AdapterFile) -> str:
+    """The base model to use when ``--base`` is not given.
+
+    First the run folder's ``config.toml`` (an adapter in a run folder or its checkpoints), which has
+    the full model path; then ``ss_sd_model_name``, which sd-scripts writes as a bare name; else the
+    builtin model.
+    """
     from trainer.models.loading import ModelLoadError, resolve_model_source
 
+    from_run = _run_config_base(adapter.path)
+    if from_run:
+        return from_run
     recorded = adapter.metadata.get(BASE_METADATA_KEY, "").strip()
     if not recorded:
         return DEFAULT_BASE
@@ -271,9 +280,26 @@ def base_from_metadata(adapter: AdapterFile) -> str:
     except ModelLoadError as err:
         raise UserFacingError(
             f"adapter {adapter.path.name} was trained on {recorded!r} ({BASE_METADATA_KEY}), which is not "
-            f"available here ({err}); pass --base with that model's folder"
+            f"available here ({err}); pass --base with that model's folder or file"
         ) from None
     return recorded
+
+
+def _run_config_base(adapter_path: Path) -> str | None:
+    import tomllib
+
+    from trainer.run_folder import CONFIG_FILE
+
+    # run_dir/NAME.safetensors or run_dir/checkpoints/STEP/NAME.safetensors
+    for folder in list(adapter_path.resolve().parents)[:3]:
+        config = folder / CONFIG_FILE
+        if config.is_file():
+            try:
+                base = tomllib.loads(config.read_text(encoding="utf-8")).get("model", {}).get("base")
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError, AttributeError):
+                return None
+            return base if isinstance(base, str) and base.strip() else None
+    return None
 
 
 def load_adapter(pipe: Any, adapter: AdapterFile, base: str, strength: float) -> None:
@@ -288,18 +314,14 @@ def load_adapter(pipe: Any, adapter: AdapterFile, base: str, strength: float) ->
             pipe.load_lora_weights(str(adapter.path), adapter_name=ADAPTER_NAME)
         except (ValueError, RuntimeError, KeyError, IndexError) as err:
             raise UserFacingError(f"{mismatch} ({_first_line(str(err))})") from None
-    unplaced = [
-        r.getMessage()
-        for r in records
-        if "unexpected keys" in r.getMessage() or "missing keys" in r.getMessage()
-    ]
-    if unplaced:
-        raise UserFacingError(f"{mismatch} ({_first_line(unplaced[0])})")
     placed = count_adapted_layers(pipe, ADAPTER_NAME)
     if placed < adapter.num_lora_layers:
         raise UserFacingError(
             f"{mismatch}: only {placed} of its {adapter.num_lora_layers} LoRA layers match a layer of the model"
         )
+    unplaced = _unplaced_keys_message(records)
+    if unplaced:
+        raise UserFacingError(f"{mismatch} ({unplaced})")
     pipe.set_adapters([ADAPTER_NAME], adapter_weights=[strength])
 
 
@@ -352,4 +374,6 @@ def count_adapted_layers(pipe: Any, adapter_name: str) -> int:
 
 def _first_line(text: str) -> str:
     lines = text.strip().splitlines()
-    return lines[0][:300] if lines else "no details"
+    if not lines:
+        return "no details"
+    return lines[0] if len(lines[0]) <= 300 else lines[0][:300] + "..."

@@ -19,11 +19,10 @@ import torch
 from trainer.errors import UserFacingError
 from trainer.export.keys import (
     TEXT_MODEL_CHILDREN,
+    KohyaNaming,
     LoraModule,
     adapter_modules,
     canonical_path,
-    kohya_name,
-    num_text_encoders,
 )
 
 KOHYA = "kohya"
@@ -44,11 +43,11 @@ def to_dtype(dtype: Any) -> torch.dtype:
 
 def kohya_state_dict(model: Any, alpha: float | None = None, dtype: Any = torch.float16) -> dict[str, torch.Tensor]:
     """The model's adapter under sd-scripts' key names (see ``kohya_tensors``)."""
-    return kohya_tensors(adapter_modules(model), num_text_encoders(model), alpha, dtype)
+    return kohya_tensors(adapter_modules(model), KohyaNaming.for_model(model), alpha, dtype)
 
 
 def kohya_tensors(
-    modules: list[LoraModule], num_te: int, alpha: float | None = None, dtype: Any = torch.float16
+    modules: list[LoraModule], naming: KohyaNaming, alpha: float | None = None, dtype: Any = torch.float16
 ) -> dict[str, torch.Tensor]:
     """Kohya keys, weights in ``dtype``, a scalar alpha on every module.
 
@@ -59,7 +58,7 @@ def kohya_tensors(
     dtype = to_dtype(dtype)
     out: dict[str, torch.Tensor] = {}
     for m in modules:
-        name = kohya_name(m.component, m.path, num_te)
+        name = naming.name(m.component, m.path)
         written = m.alpha if alpha is None else float(alpha)
         up = m.up.float() * (m.alpha / written) if written != m.alpha else m.up
         out[f"{name}.lora_down.weight"] = m.down.to("cpu", dtype).contiguous()
@@ -227,8 +226,7 @@ def resolve_modules(adapter: AdapterFile, model: Any) -> tuple[list[LoraModule],
     """Attach each file module to a (component, path) of ``model``; returns (resolved, unknown names).
 
     Kohya names cannot be split back at ``_`` unambiguously (``to_q`` vs ``to.q``), so they are looked
-    up in a table built from the model's own layers. ``lora_te1_`` is accepted for a single text
-    encoder, as diffusers' ``convert_state_dict_to_kohya`` writes it.
+    up in a table built from the model's own layers (with ``KohyaNaming.aliases``).
     """
     table = layer_table(model)
     known = set(table.values())
@@ -247,7 +245,7 @@ def resolve_modules(adapter: AdapterFile, model: Any) -> tuple[list[LoraModule],
 
 def layer_table(model: Any) -> dict[str, tuple[str, str]]:
     """Kohya name -> (component, canonical path) for every Linear/Conv2d layer of the model."""
-    n_te = num_text_encoders(model)
+    naming = KohyaNaming.for_model(model)
     table: dict[str, tuple[str, str]] = {}
     for component, module in model.component_modules().items():
         for name, layer in module.named_modules():
@@ -258,7 +256,6 @@ def layer_table(model: Any) -> dict[str, tuple[str, str]]:
             if not isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
                 continue
             path = canonical_path(component, module, name)
-            table[kohya_name(component, path, n_te)] = (component, path)
-            if n_te == 1 and component == "text_encoder":
-                table[kohya_name(component, path, 2)] = (component, path)
+            for key in (naming.name(component, path), *naming.aliases(component, path)):
+                table[key] = (component, path)
     return table

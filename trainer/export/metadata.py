@@ -50,33 +50,43 @@ class TrainingMetadata:
     def from_session(cls, s: Any) -> TrainingMetadata:
         """Collect the metadata from the training loop's ``Session``."""
         records = list(getattr(s.dataset, "records", []) or [])
-        train = [r for r in records if not getattr(r, "is_regularization", False)]
+        train = [(i, r) for i, r in enumerate(records) if not getattr(r, "is_regularization", False)]
         steps_per_epoch = max(1, -(-s.micro_batches_per_epoch // s.cfg.training.gradient_accumulation_steps))
+        repeats = [getattr(r, "repeats", 1) for r in records]
+        num_train = sum(getattr(r, "repeats", 1) for _, r in train)
         return cls(
             steps=s.progress.step,
             epoch=s.progress.epoch,
             max_train_steps=s.total_steps,
             num_epochs=-(-s.total_steps // steps_per_epoch),
-            num_train_images=sum(getattr(r, "repeats", 1) for r in train),
-            num_reg_images=sum(getattr(r, "repeats", 1) for r in records) - sum(getattr(r, "repeats", 1) for r in train),
+            num_train_images=num_train,
+            num_reg_images=sum(repeats) - num_train,
             num_batches_per_epoch=s.micro_batches_per_epoch,
-            tag_frequency=tag_frequency(train, s.cfg),
-            dataset_dirs=dataset_dirs(train),
+            tag_frequency=tag_frequency([(r.path, _caption(s, i, r)) for i, r in train]),
+            dataset_dirs=dataset_dirs([r for _, r in train]),
             training_started_at=getattr(s, "started_at", None) or _started_at(Path(s.run_dir)),
             session_id=int(s.cfg.training.seed),
         )
 
 
-def tag_frequency(records: list[Any], cfg: Config) -> dict[str, dict[str, int]]:
+def _caption(s: Any, index: int, record: Any) -> str:
+    """The caption as trained before per-step randomness (the dataset's own composition when it has one)."""
+    if hasattr(s.dataset, "static_caption"):
+        return s.dataset.static_caption(index)
+    from trainer.data.captions import compose_caption
+
+    trigger = getattr(record, "trigger", "") or s.cfg.dataset.trigger_word
+    return compose_caption(record.caption, trigger, getattr(record, "class_word", "") or s.cfg.dataset.class_word)
+
+
+def tag_frequency(captions: list[tuple[Path, str]]) -> dict[str, dict[str, int]]:
     """Per image folder, how many images' captions hold each comma-separated tag (sd-scripts' count)."""
-    from trainer.data.captions import compose_caption, split_tags
+    from trainer.data.captions import split_tags
 
     out: dict[str, dict[str, int]] = {}
-    for r in records:
-        trigger = getattr(r, "trigger", "") or cfg.dataset.trigger_word
-        class_word = getattr(r, "class_word", "") or cfg.dataset.class_word
-        counts = out.setdefault(Path(r.path).parent.name, {})
-        for tag in split_tags(compose_caption(r.caption, trigger, class_word)):
+    for path, caption in captions:
+        counts = out.setdefault(Path(path).parent.name, {})
+        for tag in split_tags(caption):
             counts[tag] = counts.get(tag, 0) + 1
     return out
 
@@ -169,7 +179,11 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         "ss_random_crop": ds.crop == "random",
         "ss_caption_dropout_rate": ds.caption_dropout,
         "ss_cache_latents": ds.cache_latents != "off",
-        "ss_enable_bucket": False,
+        "ss_enable_bucket": ds.bucketing,
+        "ss_min_bucket_reso": ds.bucket_min,
+        "ss_max_bucket_reso": ds.bucket_max,
+        "ss_bucket_no_upscale": ds.bucket_no_upscale,
+        "ss_prior_loss_weight": ds.prior_loss_weight,
         "ss_tag_frequency": json.dumps(meta.tag_frequency),
         "ss_dataset_dirs": json.dumps(meta.dataset_dirs),
         "ss_training_comment": "lora-studio",

@@ -128,7 +128,13 @@ def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
 
 
 def _pipeline(model: Any, fresh: dict[str, torch.nn.Module]) -> Any:
-    scheduler = copy.deepcopy(model.noise_scheduler)  # pipelines may patch an old scheduler config
+    with warnings.catch_warnings():
+        # Pipelines warn (and patch a copy) about outdated scheduler configs; sampling is not checked here.
+        warnings.simplefilter("ignore", FutureWarning)
+        return _build_pipeline(model, fresh, copy.deepcopy(model.noise_scheduler))
+
+
+def _build_pipeline(model: Any, fresh: dict[str, torch.nn.Module], scheduler: Any) -> Any:
     if model.family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 
@@ -250,20 +256,34 @@ def _consumption_problems(trained: dict[str, Any], fresh: dict[str, Any]) -> lis
     return problems
 
 
-def _delta(layer: Any, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale · B @ A, scale · |B| @ |A|) in fp32, flattened to 2-D for conv layers."""
-    a = layer.lora_A[adapter].weight.float().flatten(1)
-    b = layer.lora_B[adapter].weight.float().flatten(1)
-    scale = layer.scaling[adapter]
-    return scale * (b @ a), scale * (b.abs() @ a.abs())
+def _factors(layer: Any, adapter: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(B, A, scale) in fp32, flattened to 2-D for conv layers."""
+    a = layer.lora_A[adapter].weight.float().flatten(1)  # (r, in)
+    b = layer.lora_B[adapter].weight.float().flatten(1)  # (out, r)
+    return b, a, layer.scaling[adapter]
+
+
+def rounding_bound(b: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Elementwise bound on |B'A' - BA| when A and B are rounded to ``dtype`` and multiplied in fp32.
+
+    Rounding x gives |dx| <= u|x| + h (u: unit roundoff; h: half the subnormal spacing, which is what
+    matters for the small B of a briefly trained adapter in fp16). Summing |b da| + |db a| + |db da| over
+    the rank: (2u + u^2)|B||A| + h(1 + u)(row sums of |B| + column sums of |A|) + r h^2; the fp32 sum
+    adds r·u32·|B||A|.
+    """
+    info = torch.finfo(dtype)
+    u, h = info.eps / 2, info.smallest_normal * info.eps / 2
+    rank = a.shape[0]
+    magnitude = b.abs() @ a.abs()
+    sums = b.abs().sum(1, keepdim=True) + a.abs().sum(0, keepdim=True)
+    return (2 * u + u * u + rank * unit_roundoff(torch.float32)) * magnitude + h * (1 + u) * sums + rank * h * h
 
 
 def _weight_problems(trained: dict[str, Any], fresh: dict[str, Any], file_dtype: torch.dtype) -> list[str]:
-    """Per layer: |loaded delta - trained delta| <= 2 (2u + r·u32) · scale · |B| @ |A|.
+    """Per layer, |loaded delta - trained delta| must stay within twice ``rounding_bound``.
 
-    Rounding A and B to the stored dtype changes each product a·b by at most (2u + u²)|a·b|, and the
-    fp32 sum over the rank adds at most r·u32 per term; the factor 2 is margin. ``u`` is the larger of
-    the file's and the loaded layer's unit roundoff (diffusers casts LoRA weights to the model dtype).
+    The dtype is the coarser of the file's and the loaded layer's (diffusers casts LoRA weights to the
+    model dtype); the factor 2 is margin. A wrong alpha or swapped factors misses by orders of magnitude.
     """
     problems = []
     for name, module in trained.items():
@@ -271,14 +291,12 @@ def _weight_problems(trained: dict[str, Any], fresh: dict[str, Any], file_dtype:
         for path, layer in lora_layers(module).items():
             other = loaded_layers[path]
             adapter = next(iter(other.lora_A))
-            want, bound = _delta(layer, ADAPTER_NAME)
-            got, _ = _delta(other, adapter)
-            u = max(unit_roundoff(file_dtype), unit_roundoff(other.lora_A[adapter].weight.dtype))
-            rank = layer.r[ADAPTER_NAME]
-            excess = (got - want).abs() - 2 * (2 * u + rank * unit_roundoff(torch.float32)) * bound
-            if excess.max().item() > 0:
-                err = (got - want).abs().max().item()
-                problems.append(f"{name}.{path}: loaded update differs from the trained one by {err:.3g}")
+            b, a, scale = _factors(layer, ADAPTER_NAME)
+            b2, a2, scale2 = _factors(other, adapter)
+            dtype = max(file_dtype, other.lora_A[adapter].weight.dtype, key=unit_roundoff)
+            err = (scale2 * (b2 @ a2) - scale * (b @ a)).abs()
+            if (err > 2 * scale * rounding_bound(b, a, dtype)).any():
+                problems.append(f"{name}.{path}: loaded update differs from the trained one by {err.max().item():.3g}")
     return problems
 
 

@@ -87,7 +87,7 @@ def convert_adapter(in_path: Path, out_path: Path, to_format: str, model: Any, d
     names are resolved against its layers, so a file for another base is refused, not mangled.
     """
     from trainer.export.formats import read_adapter_file, resolve_modules
-    from trainer.export.keys import num_text_encoders
+    from trainer.export.keys import KohyaNaming
     from trainer.export.loader import AdapterMismatchError
 
     if to_format not in (KOHYA, DIFFUSERS):
@@ -102,7 +102,7 @@ def convert_adapter(in_path: Path, out_path: Path, to_format: str, model: Any, d
     dtype = to_dtype(dtype) if dtype is not None else source.dtype
     header = {k: v for k, v in source.metadata.items() if not k.startswith("sshs_") and k != LORA_ADAPTER_METADATA_KEY}
     if to_format == KOHYA:
-        tensors = kohya_tensors(modules, num_text_encoders(model), dtype=dtype)
+        tensors = kohya_tensors(modules, KohyaNaming.for_model(model), dtype=dtype)
     else:
         tensors = diffusers_tensors(modules, dtype=dtype)
         header.update(diffusers_adapter_metadata(modules))

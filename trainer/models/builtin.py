@@ -18,6 +18,8 @@ from trainer.atomic import atomic_dir
 
 BUILTIN_VERSION = "1"
 VARIANTS = {"builtin:tiny-sd": "epsilon", "builtin:tiny-sd-v": "v_prediction"}
+SDXL_VARIANTS = {"builtin:tiny-sdxl": "epsilon"}
+BUILTINS = (*VARIANTS, *SDXL_VARIANTS)
 
 
 def cache_root() -> Path:
@@ -28,12 +30,17 @@ def cache_root() -> Path:
 
 def builtin_model_path(name: str) -> Path:
     """Path to the diffusers folder of a builtin model, building it on first use."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown builtin model {name!r}; builtins: {', '.join(VARIANTS)}")
+    if name not in BUILTINS:
+        raise ValueError(f"unknown builtin model {name!r}; builtins: {', '.join(BUILTINS)}")
     folder = cache_root() / "builtin" / f"{name.split(':', 1)[1]}-v{BUILTIN_VERSION}"
     if not (folder / "model_index.json").is_file():
         with atomic_dir(folder) as tmp:
-            build_tiny_sd(tmp, prediction_type=VARIANTS[name])
+            if name in SDXL_VARIANTS:
+                from trainer.models.builtin_sdxl import build_tiny_sdxl  # noqa: PLC0415
+
+                build_tiny_sdxl(Path(tmp), prediction_type=SDXL_VARIANTS[name])
+            else:
+                build_tiny_sd(tmp, prediction_type=VARIANTS[name])
     return folder
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ModelConfig
-from trainer.models.builtin import VARIANTS, builtin_model_path
+from trainer.models.builtin import BUILTINS, builtin_model_path
 
 
 class ModelLoadError(RuntimeError):
@@ -60,7 +60,7 @@ class BaseModel:
 
 def resolve_model_source(base: str) -> tuple[str, str]:
     """Classify ``model.base`` as (kind, path-or-id): builtin, folder, file or hub."""
-    if base in VARIANTS:
+    if base in BUILTINS:
         return "builtin", str(builtin_model_path(base))
     path = Path(base).expanduser()
     if path.is_dir():
@@ -166,10 +166,29 @@ def assemble_base_model(
     name_or_path: str,
     dtype: Any = None,
     extra: dict[str, Any] | None = None,
+    zero_terminal_snr: bool = False,
 ) -> BaseModel:
-    """Freeze the components, apply a prediction-type override and read the model constants."""
+    """Apply the ``[model]`` options (separate VAE, prediction type, zero terminal SNR), freeze the
+    components and read the model constants.
+
+    ``zero_terminal_snr`` is the checkpoint's own request (a ``ztsnr`` marker); ``model.zero_terminal_snr``
+    turns it on for any model.
+    """
+    extra = dict(extra or {})
+    if cfg.vae:
+        from trainer.models.vae import load_vae  # noqa: PLC0415
+
+        vae = load_vae(cfg.vae, family, dtype=dtype)
+        extra["vae"] = cfg.vae
     if cfg.prediction_type:
         noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
+    if cfg.zero_terminal_snr or zero_terminal_snr:
+        noise_scheduler = with_zero_terminal_snr(noise_scheduler)
+    if vae.config.latent_channels != unet.config.in_channels:
+        raise ModelLoadError(
+            f"the VAE makes {vae.config.latent_channels}-channel latents but the UNet of {cfg.base!r} takes "
+            f"{unet.config.in_channels} channels: `model.vae` must be a VAE for this model family ({family})"
+        )
     for module in (unet, vae, *text_encoders):
         module.requires_grad_(False)
         module.eval()
@@ -189,5 +208,21 @@ def assemble_base_model(
         vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
         source=source,
         name_or_path=name_or_path,
-        extra=dict(extra or {}),
+        extra=extra,
     )
+
+
+def with_zero_terminal_snr(noise_scheduler: Any) -> Any:
+    """The same scheduler with its betas rescaled to zero terminal SNR.
+
+    Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", via diffusers'
+    ``rescale_betas_zero_snr`` option (the config carries it, so samplers built from it follow). At SNR 0
+    the last step's input is pure noise, so an epsilon target is meaningless: v-prediction is required.
+    """
+    if noise_scheduler.config.prediction_type != "v_prediction":
+        raise ModelLoadError(
+            "`model.zero_terminal_snr` needs a v-prediction model, but this one predicts "
+            f"{noise_scheduler.config.prediction_type!r}: set `model.prediction_type = \"v_prediction\"` "
+            "(and train long enough for the model to adapt) or turn zero terminal SNR off"
+        )
+    return type(noise_scheduler).from_config(noise_scheduler.config, rescale_betas_zero_snr=True)
