@@ -39,3 +39,15 @@ def make_config(tmp_path):
         return cfg
 
     return factory
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread: the tiny models gain nothing from more, and on a 2-core machine where tests
+    also start trainer subprocesses, oversubscribed threads spin and make steps 10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +45,17 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
         for name, param in module.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT: "no config file, assuming the vocabulary was not modified"
+        layers = {
+            name: get_peft_model_state_dict(module) for name, module in model.component_modules().items()
+        }
+        kohya_tensors = kohya_state_dict(model, dtype=torch.float32)
     StableDiffusionPipeline.save_lora_weights(
-        folder / "diffusers",
-        unet_lora_layers=get_peft_model_state_dict(model.unet),
-        text_encoder_lora_layers=get_peft_model_state_dict(model.text_encoder),
+        folder / "diffusers", unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers["text_encoder"]
     )
     kohya = folder / "kohya.safetensors"
-    save_file(
-        kohya_state_dict(model, dtype=torch.float32), kohya, metadata={"ss_sd_model_name": "builtin:tiny-sd"}
-    )
+    save_file(kohya_tensors, kohya, metadata={"ss_sd_model_name": "builtin:tiny-sd"})
     return {"diffusers": folder / "diffusers" / "pytorch_lora_weights.safetensors", "kohya": kohya}
 
 

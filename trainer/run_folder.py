@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -56,10 +57,9 @@ class StopRequest:
 
     def install(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            # Signals can only be caught on the main thread (not, e.g., from a test runner's thread).
+            with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a test runner thread)
-                pass
         return self
 
     def uninstall(self) -> None:

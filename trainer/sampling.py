@@ -83,8 +83,9 @@ def generate_previews(
 ) -> list[SampleResult]:
     """Render ``cfg.sampling.prompts`` with the live model into ``run_dir/samples``, one fixed seed each.
 
-    ``dtype`` is the autocast dtype; None takes it from ``training.mixed_precision`` on CUDA (on the
-    CPU previews run in the weights' own dtype).
+    ``dtype`` is the autocast dtype (the trainer passes its weight dtype): fp16/bf16 autocast on any
+    device, fp32 none; None takes it from ``training.mixed_precision`` on CUDA and uses none on the CPU.
+    Paths in the results are ``run_dir``-based; ``SampleResult.event_fields`` makes them relative.
     """
     smp = cfg.sampling
     width = smp.width or cfg.dataset.resolution

@@ -19,7 +19,13 @@ from trainer.caches import LatentCache, TextCache, encode_latents
 from trainer.checkpoint import TrainProgress, latest_checkpoint, load_checkpoint, save_checkpoint
 from trainer.conditioning import encode_text, unet_conditioning
 from trainer.config import Config, ConfigError, validate
-from trainer.diffusion_math import diffusion_loss, min_snr_weights, sample_noise, sample_timesteps, training_target
+from trainer.diffusion_math import (
+    diffusion_loss,
+    min_snr_weights,
+    sample_noise,
+    sample_timesteps,
+    training_target,
+)
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
 from trainer.network import InjectedNetwork, inject_lora

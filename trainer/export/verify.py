@@ -43,6 +43,8 @@ _NO_KEYS_NOTICE = "No LoRA keys associated to"
 
 @dataclass
 class Verification:
+    """Outcome of ``verify_adapter``; ``message`` says what loaded, or the first problems found."""
+
     verified: bool
     max_abs_diff: float | None
     message: str
@@ -282,8 +284,8 @@ def rounding_bound(b: torch.Tensor, a: torch.Tensor, dtype: torch.dtype) -> torc
 def _weight_problems(trained: dict[str, Any], fresh: dict[str, Any], file_dtype: torch.dtype) -> list[str]:
     """Per layer, |loaded delta - trained delta| must stay within twice ``rounding_bound``.
 
-    The dtype is the coarser of the file's and the loaded layer's (diffusers casts LoRA weights to the
-    model dtype); the factor 2 is margin. A wrong alpha or swapped factors misses by orders of magnitude.
+    Diffusers casts LoRA weights to the model dtype, so a file may be rounded twice; the factor 2 is
+    margin. A wrong alpha or swapped factors misses by orders of magnitude.
     """
     problems = []
     for name, module in trained.items():
@@ -293,9 +295,11 @@ def _weight_problems(trained: dict[str, Any], fresh: dict[str, Any], file_dtype:
             adapter = next(iter(other.lora_A))
             b, a, scale = _factors(layer, ADAPTER_NAME)
             b2, a2, scale2 = _factors(other, adapter)
-            dtype = max(file_dtype, other.lora_A[adapter].weight.dtype, key=unit_roundoff)
+            # Rounded once to the file's dtype, and again if diffusers cast to another: the bounds add.
+            dtypes = {file_dtype, other.lora_A[adapter].weight.dtype}
+            bound = sum(rounding_bound(b, a, dtype) for dtype in dtypes)
             err = (scale2 * (b2 @ a2) - scale * (b @ a)).abs()
-            if (err > 2 * scale * rounding_bound(b, a, dtype)).any():
+            if (err > 2 * scale * bound).any():
                 problems.append(f"{name}.{path}: loaded update differs from the trained one by {err.max().item():.3g}")
     return problems
 

@@ -64,12 +64,22 @@ def export_adapter(
         write_safetensors(path, tensors, file_meta)
         result = ExportResult(path, fmt, len(tensors), None, None, "written; not verified")
         if verify:
-            from trainer.export.verify import verify_adapter
-
-            check = verify_adapter(path, model)
-            result.verified, result.max_abs_diff, result.message = check.verified, check.max_abs_diff, check.message
+            _self_check(result, model)
         results.append(result)
     return results
+
+
+def _self_check(result: ExportResult, model: Any) -> None:
+    """Record the self-check in ``result``; the file is already written, so a crash of the check itself
+    is recorded as a failed check (with its error) instead of losing the finished run."""
+    from trainer.export.verify import verify_adapter
+
+    try:
+        check = verify_adapter(result.path, model)
+    except Exception as err:  # the check runs diffusers/PEFT code paths that raise many types
+        result.verified, result.message = False, f"self-check could not run: {type(err).__name__}: {err}"
+        return
+    result.verified, result.max_abs_diff, result.message = check.verified, check.max_abs_diff, check.message
 
 
 def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str]) -> None:
