@@ -133,7 +133,8 @@ def child_plain(cfg_path: Path, warmup: int) -> dict:
 def run_child(kind: str, cfg_path: Path, warmup: int) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--child-config", str(cfg_path), "--warmup", str(warmup)],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
     )
     if out.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{out.stderr[-3000:]}")
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--child", choices=["engine", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--child-config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON line")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="engine only (SDXL, or to save GPU time): no plain-loop ratio")
     args = parser.parse_args()
     if args.child:
         fn = child_engine if args.child == "engine" else child_plain
@@ -166,25 +169,28 @@ def main() -> None:
         data = make_images(Path(tmp) / "data", max(4, args.batch_size), args.resolution)
         cfg_path = Path(tmp) / "bench.toml"
         cfg_path.write_text(dumps_config(make_config(args, Path(tmp) / "runs", data)))
-        plain = run_child("plain", cfg_path, args.warmup)
+        plain = None if args.no_baseline else run_child("plain", cfg_path, args.warmup)
         engine = run_child("engine", cfg_path, args.warmup)
     result = {
         "model": args.model, "resolution": args.resolution, "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision, "optimizer": args.optimizer,
         "gradient_checkpointing": args.gradient_checkpointing,
         "engine": engine, "plain": plain,
-        "speed_ratio": engine["steps_per_s"] / plain["steps_per_s"],
     }
     mem_key = "peak_vram_mb" if "peak_vram_mb" in engine else "peak_rss_mb"
-    result["memory_ratio"] = engine[mem_key] / plain[mem_key]
+    if plain:
+        result["speed_ratio"] = engine["steps_per_s"] / plain["steps_per_s"]
+        result["memory_ratio"] = engine[mem_key] / plain[mem_key]
     if args.json:
         print(json.dumps(result))
         return
     print(f"model {args.model} @ {args.resolution}px, batch {args.batch_size}, {args.mixed_precision}, {args.optimizer}"
           f"{', grad-ckpt' if args.gradient_checkpointing else ''}")
-    print(f"  plain loop : {plain['steps_per_s']:.2f} steps/s, peak {mem_key} {plain[mem_key]:.0f} MB")
+    if plain:
+        print(f"  plain loop : {plain['steps_per_s']:.2f} steps/s, peak {mem_key} {plain[mem_key]:.0f} MB")
     print(f"  engine     : {engine['steps_per_s']:.2f} steps/s, peak {mem_key} {engine[mem_key]:.0f} MB")
-    print(f"  ratio      : speed x{result['speed_ratio']:.2f}, memory x{result['memory_ratio']:.2f} (engine / plain)")
+    if plain:
+        print(f"  ratio      : speed x{result['speed_ratio']:.2f}, memory x{result['memory_ratio']:.2f} (engine / plain)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_tiny_sdxl_loads_with_two_encoders(sdxl):
     assert sdxl.unet.config.addition_embed_type == "text_time"
     assert sdxl.latent_scale == pytest.approx(0.13025), "SDXL's VAE scaling factor is read from the VAE config"
     assert sdxl.vae_scale_factor == 2
+    assert sdxl.native_resolution == 64, "32-latent UNet, VAE downsamples by 2"
 
 
 def test_sdxl_text_is_both_penultimate_layers_and_pooled_te2(sdxl):

@@ -37,13 +37,25 @@ def _meta_state(family: str) -> dict[str, torch.Tensor]:
             te2 = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(root, subfolder="text_encoder_2"))
             state.update(clip_to_original(te.state_dict(), "conditioner.embedders.0.transformer."))
             state.update(open_clip_to_original(te2.state_dict(), "conditioner.embedders.1.model."))
+        elif family == "sd2":
+            state.update(open_clip_to_original(te.state_dict(), "cond_stage_model.model."))
+            # Real SD 2.x files hold OpenCLIP-H's 24th layer and its projection, which SD does not use.
+            last = {k: v for k, v in state.items() if ".resblocks.22." in k}
+            state.update({k.replace(".resblocks.22.", ".resblocks.23."): v for k, v in last.items()})
+            state["cond_stage_model.model.text_projection"] = torch.empty(1024, 1024)
+            state["cond_stage_model.model.logit_scale"] = torch.empty(())
         else:
             state.update(clip_to_original(te.state_dict(), "cond_stage_model.transformer."))
     return {k: v for k, v in state.items() if "position_ids" not in k}
 
 
-def _write_streaming(path: Path, shapes: dict[str, torch.Tensor], keep: set[str]) -> dict[str, torch.Tensor]:
-    """Write a safetensors file tensor by tensor (the format: u64 header size, JSON header, raw data)."""
+def _write_streaming(
+    path: Path, shapes: dict[str, torch.Tensor], keep: set[str], scale: dict[str, float] | None = None
+) -> dict[str, torch.Tensor]:
+    """Write a safetensors file tensor by tensor (the format: u64 header size, JSON header, raw data).
+
+    Values are N(0, 0.05²) (``scale`` overrides the 0.05 per key), seeded by position; ``keep`` ones are returned.
+    """
     header, offset = {}, 0
     for key, meta in shapes.items():
         n = meta.numel() * 2
@@ -56,11 +68,19 @@ def _write_streaming(path: Path, shapes: dict[str, torch.Tensor], keep: set[str]
         f.write(len(blob).to_bytes(8, "little") + blob)
         for i, (key, meta) in enumerate(shapes.items()):
             g = torch.Generator().manual_seed(i)
-            value = (torch.randn(meta.shape, generator=g) * 0.05).to(torch.float16)
+            value = (torch.randn(meta.shape, generator=g) * (scale or {}).get(key, 0.05)).to(torch.float16)
             f.write(value.numpy().tobytes())
             if key in keep:
                 kept[key] = value
     return kept
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    """A path for a multi-GB checkpoint, deleted after the test rather than left in pytest's kept temp dirs."""
+    path = tmp_path / "model.safetensors"
+    yield path
+    path.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -72,16 +92,17 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_full_size_sd15_single_file(tmp_path, no_network):
+def test_full_size_sd15_single_file(big_file, no_network):
     shapes = _meta_state("sd1")
     keep = {U + "input_blocks.0.0.weight", U + "output_blocks.5.2.conv.weight", "first_stage_model.decoder.mid.attn_1.q.weight",
             "cond_stage_model.transformer.text_model.encoder.layers.11.mlp.fc2.weight"}
-    path = tmp_path / "sd15.safetensors"
+    path = big_file
     kept = _write_streaming(path, shapes, keep)
     del shapes
     model = load_base_model(ModelConfig(base=str(path)), dtype=torch.float16)
     assert (model.family, model.prediction_type, model.source) == ("sd1", "epsilon", "file")
     assert model.vae_scale_factor == 8 and model.latent_scale == pytest.approx(0.18215)
+    assert model.native_resolution == 512
     assert model.tokenizer("a photo of a cat").input_ids[:3] == [49406, 320, 1125], "the real CLIP vocabulary"
     eq = torch.testing.assert_close
     eq(model.unet.conv_in.weight, kept[U + "input_blocks.0.0.weight"], rtol=0, atol=0)
@@ -91,18 +112,37 @@ def test_full_size_sd15_single_file(tmp_path, no_network):
     eq(model.text_encoder.get_parameter(_te_name(model.text_encoder, "encoder.layers.11.mlp.fc2.weight")), fc2, rtol=0, atol=0)
 
 
-def test_full_size_sdxl_vpred_single_file(tmp_path, no_network):
+def test_full_size_sd21_768_v_single_file(big_file, no_network):
+    from trainer.models.single_file import SD2_V_PROBE
+
+    shapes = _meta_state("sd2")
+    keep = {"cond_stage_model.model.transformer.resblocks.22.attn.in_proj_bias", SD2_V_PROBE}
+    path = big_file
+    # ComfyUI reads a std above 0.09 of this bias as a v-model; make this random one clearly so.
+    kept = _write_streaming(path, shapes, keep, scale={SD2_V_PROBE: 0.2})
+    del shapes
+    model = load_base_model(ModelConfig(base=str(path)), dtype=torch.float16)
+    assert (model.family, model.prediction_type) == ("sd2", "v_prediction"), model.extra
+    assert "std" in model.extra["prediction_type_source"], "SD 2.x v-detection comes from ComfyUI's norm1 heuristic"
+    assert model.native_resolution == 768, "v-models are 768-px models"
+    assert len(model.text_encoder.encoder.layers) == 23, "SD 2.x uses OpenCLIP-H without its last layer"
+    assert model.tokenizer.pad_token == "!"
+    k_bias = model.text_encoder.get_parameter("encoder.layers.22.self_attn.k_proj.bias")
+    torch.testing.assert_close(k_bias, kept["cond_stage_model.model.transformer.resblocks.22.attn.in_proj_bias"][1024:2048], rtol=0, atol=0)
+
+
+def test_full_size_sdxl_vpred_single_file(big_file, no_network):
     shapes = _meta_state("sdxl")
     shapes["v_pred"] = torch.empty(0, device="meta")  # the marker v-prediction SDXL checkpoints carry
     te2 = "conditioner.embedders.1.model."
     keep = {U + "label_emb.0.0.weight", te2 + "transformer.resblocks.31.attn.in_proj_weight", te2 + "text_projection"}
-    path = tmp_path / "sdxl.safetensors"
+    path = big_file
     kept = _write_streaming(path, shapes, keep)
     del shapes
     model = load_base_model(ModelConfig(base=str(path)), dtype=torch.float16)
     assert (model.family, model.prediction_type) == ("sdxl", "v_prediction"), model.extra
     assert model.extra["prediction_type_source"] == "checkpoint key `v_pred`"
-    assert model.latent_scale == pytest.approx(0.13025)
+    assert model.latent_scale == pytest.approx(0.13025) and model.native_resolution == 1024
     assert [t.pad_token for t in model.tokenizers] == ["<|endoftext|>", "!"]
     eq = torch.testing.assert_close
     eq(model.unet.add_embedding.linear_1.weight, kept[U + "label_emb.0.0.weight"], rtol=0, atol=0)

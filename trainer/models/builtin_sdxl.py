@@ -34,8 +34,10 @@ def build_tiny_sdxl(folder: Path, prediction_type: str = "epsilon") -> None:
 
     write_tokenizer_files(folder / "tokenizer")
     _write_tokenizer_2(folder / "tokenizer_2")
-    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
+    # local_files_only is recorded in the saved tokenizer_config.json: pin it so the bytes never depend on
+    # whether HF_HUB_OFFLINE happened to be set.
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(

@@ -1,6 +1,7 @@
 """Load a base model into a ``BaseModel``: the components plus every constant read from their configs.
 
-Sources: ``builtin:*`` (built offline), a local diffusers folder, or a hub id (online only). The
+Sources: ``builtin:*`` (built offline), a local diffusers folder (SDXL folders go to ``sdxl.py``), a
+single-file checkpoint (``single_file.py``, offline), or a hub id (online only). The
 constants the loop needs — latent scaling factor, VAE downsample factor, prediction type — are read
 from the model's own configs, never assumed (the builtin VAE downsamples by 2, SD's by 8).
 """
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ModelConfig
+from trainer.errors import UserFacingError
 from trainer.models.builtin import BUILTINS, builtin_model_path
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserFacingError):
     """A base model that cannot be loaded, with what to do about it."""
 
 
@@ -49,6 +51,11 @@ class BaseModel:
     @property
     def tokenizer(self) -> Any:
         return self.tokenizers[0]
+
+    @property
+    def native_resolution(self) -> int:
+        """The pixel size the UNet was built for (SD 1.x 512, SD 2.x-v 768, SDXL 1024, tiny builtins 64)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     def component_modules(self) -> dict[str, Any]:
         """Components by their diffusers pipeline attribute name (``unet``, ``text_encoder``, ``text_encoder_2``)."""

@@ -1,0 +1,1 @@
+"""lora-studio web UI: builds configs, runs the trainer as a separate process, follows its run folder."""
