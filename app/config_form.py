@@ -1,0 +1,182 @@
+"""Form ↔ config: the UI's settings form is generated from the trainer's own field docs.
+
+One source of truth: every widget, label, help text, choice list and basic/advanced placement comes from
+``trainer.config.field_infos()``, so a setting added to the trainer shows up in the UI with no second
+list of flags to keep in sync (the bmaltais kohya_ss GUI re-declares every flag by hand and drifts).
+Pure functions only — no Gradio here — so the mapping is unit-tested without a browser.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer.config import (
+    PRESETS,
+    Config,
+    ConfigError,
+    FieldInfo,
+    config_from_dict,
+    config_to_dict,
+    dumps_config,
+    field_infos,
+    preset_config,
+    validate,
+)
+
+# Set by the UI itself, never typed by the user: runs always go under the UI's runs dir.
+UI_MANAGED_KEYS = ("run.output_dir",)
+LIST_SEPARATOR = "\n"
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One widget of the settings form, derived from a trainer config field."""
+
+    info: FieldInfo
+
+    @property
+    def key(self) -> str:
+        return self.info.key
+
+    @property
+    def kind(self) -> str:
+        """``dropdown``, ``checkbox``, ``int``, ``float``, ``lines`` (a list, one item a line) or ``text``."""
+        if self.info.choices:
+            return "dropdown"
+        return {"bool": "checkbox", "int": "int", "float": "float", "list[str]": "lines"}.get(self.info.type, "text")
+
+    @property
+    def label(self) -> str:
+        return self.info.name.replace("_", " ")
+
+    @property
+    def help(self) -> str:
+        return self.info.doc.replace("`", "")
+
+    @property
+    def advanced(self) -> bool:
+        return self.info.advanced
+
+
+def form_fields() -> list[FormField]:
+    """Every user-editable setting, in the trainer's declaration order."""
+    return [FormField(info) for info in field_infos() if info.key not in UI_MANAGED_KEYS]
+
+
+def ui_default_config(runs_dir: Path, sample_data: Path) -> Config:
+    """What a first-time user sees: the builtin tiny model on ``sample_data/``, so Train works at once on a CPU.
+
+    The UI exports both formats by default so that both download buttons have a file behind them.
+    """
+    cfg = Config()
+    cfg.run.output_dir = str(runs_dir)
+    cfg.dataset.path = str(sample_data)
+    cfg.export.format = "both"
+    return cfg
+
+
+def apply_preset(cfg: Config, preset: str) -> Config:
+    """The preset's values over ``cfg``; the run name, model, dataset path and trigger word are kept."""
+    if preset not in PRESETS:
+        return cfg
+    fresh = config_to_dict(preset_config(preset))
+    current = config_to_dict(cfg)
+    for section, values in PRESETS[preset].items():
+        current[section].update({k: fresh[section][k] for k in values})
+    return config_from_dict(current)
+
+
+def config_to_values(cfg: Config) -> list[Any]:
+    """Widget values for ``cfg``, in ``form_fields()`` order."""
+    data = config_to_dict(cfg)
+    values = []
+    for field in form_fields():
+        value = data[field.info.section][field.info.name]
+        values.append(LIST_SEPARATOR.join(value) if field.kind == "lines" else value)
+    return values
+
+
+def values_to_config(values: list[Any], runs_dir: Path) -> tuple[Config | None, list[str]]:
+    """The config the form describes, and every problem with it (type errors and trainer validation).
+
+    Problems name fields as the config file does (``network.rank``), the same words the CLI prints.
+    """
+    fields = form_fields()
+    if len(values) != len(fields):
+        raise ValueError(f"expected {len(fields)} form values, got {len(values)}")
+    data: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for field, raw in zip(fields, values, strict=True):
+        value, problem = _parse(field, raw)
+        if problem:
+            problems.append(problem)
+            continue
+        data.setdefault(field.info.section, {})[field.info.name] = value
+    data.setdefault("run", {})["output_dir"] = str(runs_dir)
+    if problems:
+        return None, problems
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as err:
+        return None, err.problems
+    return cfg, validate(cfg)
+
+
+def _parse(field: FormField, raw: Any) -> tuple[Any, str | None]:
+    key = f"`{field.key}`"
+    kind = field.kind
+    if kind == "checkbox":
+        return bool(raw), None
+    if kind in ("int", "float"):
+        if raw is None or raw == "":
+            return None, f"{key} needs a number"
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            return None, f"{key} must be a number, got {raw!r}"
+        if kind == "int":
+            if not number.is_integer():
+                return None, f"{key} must be a whole number, got {raw!r}"
+            return int(number), None
+        return number, None
+    if kind == "lines":
+        text = raw if isinstance(raw, str) else LIST_SEPARATOR.join(raw or [])
+        return [line.strip() for line in text.splitlines() if line.strip()], None
+    return ("" if raw is None else str(raw)).strip(), None
+
+
+def config_from_toml_text(text: str, source: str, runs_dir: Path) -> tuple[Config | None, list[str]]:
+    """A config loaded from an uploaded TOML file; its run folder is moved under the UI's runs dir."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        return None, [f"{source} is not valid TOML: {err}"]
+    try:
+        cfg = config_from_dict(data, source)
+    except ConfigError as err:
+        return None, [f"{source}: {p}" for p in err.problems]
+    cfg.run.output_dir = str(runs_dir)
+    return cfg, []
+
+
+def config_to_toml_text(cfg: Config) -> str:
+    """The commented TOML the CLI writes (``python -m trainer train`` runs it as is)."""
+    return dumps_config(cfg, comments=True)
+
+
+def unique_run_name(runs_dir: Path, name: str, reserved: set[str] | frozenset[str] = frozenset()) -> str:
+    """``name``, or ``name-2``, ``name-3``… so a new run never lands in a folder that holds another run.
+
+    ``reserved``: names of queued runs whose folders do not exist yet.
+    """
+    taken = {p.name for p in runs_dir.iterdir()} if runs_dir.is_dir() else set()
+    taken |= set(reserved)
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"

@@ -1,0 +1,215 @@
+"""Events → what the page shows: progress, loss and LR curves, preview gallery, status of a run.
+
+The trainer's ``events.jsonl`` is the only channel between the two processes. ``RunFollower`` reads it
+incrementally (the page polls once a second and must not re-parse a long run's history each time) and
+keeps a ``RunView``; the rendering helpers turn a view into the HTML, tables and captions the page shows.
+Pure Python (no Gradio, no torch) so that every mapping is unit-tested.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.events import EVENTS_FILE, EventCursor, read_events
+
+LOSS_SMOOTHING = 0.9  # exponential moving average weight, as TensorBoard's default smoothing slider
+MAX_PLOT_POINTS = 2000  # the chart thins longer histories evenly; the events file keeps every step
+
+
+@dataclass
+class Preview:
+    path: Path
+    step: int
+    prompt: str
+
+    @property
+    def caption(self) -> str:
+        return f"step {self.step} · {self.prompt}"
+
+
+@dataclass
+class RunView:
+    """Everything the monitor shows about one run, accumulated from its events."""
+
+    run_dir: Path
+    status: str = "waiting"  # waiting / running / completed / stopped / failed
+    step: int = 0
+    total_steps: int = 0
+    it_per_s: float | None = None
+    eta_s: float | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    lrs: list[tuple[int, float]] = field(default_factory=list)
+    previews: list[Preview] = field(default_factory=list)
+    adapters: list[dict[str, Any]] = field(default_factory=list)  # export events
+    warnings: list[str] = field(default_factory=list)
+    error: str = ""
+    started: float | None = None
+    ended: float | None = None
+    base_model: str = ""
+    dataset_report: dict[str, Any] | None = None
+
+    def apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "started":
+            self.status = "running"
+            self.total_steps = int(event.get("total_steps") or 0)
+            self.step = int(event.get("resumed_from_step") or 0)
+            self.started = self.started or event.get("time")
+            self.base_model = str(event.get("base_model", ""))
+            self.error, self.ended = "", None
+        elif kind == "dataset":
+            self.dataset_report = event.get("report")
+        elif kind == "step":
+            self.step = int(event["step"])
+            self.total_steps = int(event.get("total_steps") or self.total_steps)
+            self.it_per_s, self.eta_s = event.get("it_per_s"), event.get("eta_s")
+            if _finite(event.get("loss")):
+                self.losses.append((self.step, float(event["loss"])))
+            if _finite(event.get("lr")):
+                self.lrs.append((self.step, float(event["lr"])))
+        elif kind == "sample":
+            self.previews.append(Preview(self.run_dir / event["path"], int(event.get("step", 0)), str(event.get("prompt", ""))))
+        elif kind == "export":
+            self.adapters.append(event)
+        elif kind == "warning":
+            self.warnings.append(str(event.get("message", "")))
+        elif kind == "finished":
+            self.status = str(event.get("status", "completed"))
+            self.step = int(event.get("step") or self.step)
+            self.error = str(event.get("error") or "")
+            self.ended = event.get("time")
+            self.eta_s = 0.0 if self.status == "completed" else None
+
+    @property
+    def final_loss(self) -> float | None:
+        """Mean of the last 10 step losses: one step's loss is too noisy to compare runs by."""
+        tail = [loss for _, loss in self.losses[-10:]]
+        return sum(tail) / len(tail) if tail else None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.total_steps) if self.total_steps else 0.0
+
+    def adapter_path(self, fmt: str) -> Path | None:
+        """The newest exported adapter of format ``kohya`` or ``diffusers``, if it exists on disk."""
+        for event in reversed(self.adapters):
+            if event.get("format") == fmt:
+                path = self.run_dir / event["path"]
+                if path.exists():
+                    return path
+        return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class RunFollower:
+    """Incremental reader of one run folder's events (a byte cursor, so each poll reads only new lines)."""
+
+    def __init__(self, run_dir: Path):
+        self.view = RunView(Path(run_dir))
+        self._cursor = EventCursor(Path(run_dir) / EVENTS_FILE)
+
+    def poll(self) -> RunView:
+        for event in self._cursor.read_new():
+            self.view.apply(event)
+        return self.view
+
+
+def load_view(run_dir: Path) -> RunView:
+    """A run's whole history at once (the runs table)."""
+    view = RunView(Path(run_dir))
+    for event in read_events(Path(run_dir)):
+        view.apply(event)
+    return view
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "–"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_html(view: RunView | None, job_state: str = "") -> str:
+    """A progress bar with step/total, it/s and ETA (a plain HTML bar: Gradio has no live one outside events)."""
+    if view is None:
+        return '<div id="run-progress" class="ls-progress idle">No run yet: press <b>Start training</b>.</div>'
+    state = job_state or view.status
+    percent = 100 * view.fraction
+    speed = f"{view.it_per_s:.2f} it/s" if view.it_per_s else "– it/s"
+    detail = f"step {view.step} / {view.total_steps or '?'} · {speed} · ETA {format_duration(view.eta_s)}"
+    if state in ("queued", "waiting"):
+        detail = "loading the model and dataset…" if state == "waiting" else "queued"
+    return (
+        f'<div id="run-progress" class="ls-progress {html.escape(state)}" data-step="{view.step}" '
+        f'data-total="{view.total_steps}" data-status="{html.escape(state)}">'
+        f'<div class="ls-progress-label"><b>{html.escape(view.run_dir.name)}</b> — {html.escape(state)} · '
+        f"{html.escape(detail)}</div>"
+        f'<div class="ls-progress-track"><div class="ls-progress-fill" style="width:{percent:.1f}%"></div></div>'
+        "</div>"
+    )
+
+
+def smoothed(values: list[float], weight: float = LOSS_SMOOTHING) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing), so the first points are not pulled to 0."""
+    out, last, norm = [], 0.0, 0.0
+    for value in values:
+        last = weight * last + (1 - weight) * value
+        norm = weight * norm + (1 - weight)
+        out.append(last / norm)
+    return out
+
+
+def _thin(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    if len(points) <= MAX_PLOT_POINTS:
+        return points
+    stride = math.ceil(len(points) / MAX_PLOT_POINTS)
+    return points[::stride] + ([points[-1]] if (len(points) - 1) % stride else [])
+
+
+def loss_rows(view: RunView) -> list[dict[str, Any]]:
+    """Long-format rows (step, loss, series) for a line chart with raw and smoothed loss."""
+    points = _thin(view.losses)
+    smooth = smoothed([loss for _, loss in view.losses])
+    smooth_points = _thin(list(zip([s for s, _ in view.losses], smooth, strict=True)))
+    rows = [{"step": s, "loss": v, "series": "raw"} for s, v in points]
+    rows += [{"step": s, "loss": v, "series": "smoothed"} for s, v in smooth_points]
+    return rows
+
+
+def lr_rows(view: RunView) -> list[dict[str, Any]]:
+    return [{"step": s, "lr": v} for s, v in _thin(view.lrs)]
+
+
+def gallery_items(view: RunView) -> list[tuple[str, str]]:
+    """Newest previews first, each captioned with its step and prompt."""
+    return [(str(p.path), p.caption) for p in reversed(view.previews) if p.path.exists()]
+
+
+def status_markdown(view: RunView | None, job: Any | None = None) -> str:
+    """A short outcome line: done with its adapter, stopped, or failed with the reason and what to do."""
+    if job is not None and getattr(job, "state", "") in ("failed", "died"):
+        return f"**{job.name} {job.state}.** {job.message}"
+    if view is None:
+        return ""
+    if view.status == "completed":
+        verified = [a for a in view.adapters if a.get("verified")]
+        check = " Exported adapter verified in diffusers." if verified else ""
+        return f"**{view.run_dir.name} finished** at step {view.step}.{check} Download it under *Runs*."
+    if view.status == "stopped":
+        return f"**{view.run_dir.name} stopped** at step {view.step}; the adapter so far was saved."
+    if view.status == "failed":
+        return f"**{view.run_dir.name} failed** at step {view.step}: {view.error}"
+    return ""

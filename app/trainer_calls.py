@@ -1,0 +1,97 @@
+"""Short trainer jobs the UI runs in a child process: the dataset health report and the "try it" samples.
+
+The UI process never imports torch (a crash or OOM there would take the page down, and the import alone
+costs seconds and hundreds of MB), so anything that touches a model runs as ``python -m trainer ...``.
+Each call is bounded by a timeout and turns a failure into a message, never a traceback on the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECK_TIMEOUT_S = 300
+SAMPLE_TIMEOUT_S = 1800
+
+
+def trainer_command() -> list[str]:
+    return [sys.executable, "-m", "trainer"]
+
+
+def trainer_env() -> dict[str, str]:
+    """The UI's environment with the repo importable, so ``-m trainer`` works from a plain checkout too."""
+    path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class CallResult:
+    ok: bool
+    stdout: str
+    message: str  # what went wrong, in words (the last lines the trainer printed)
+
+
+def run_trainer(args: list[str], timeout: float) -> CallResult:
+    try:
+        proc = subprocess.run(
+            [*trainer_command(), *args], capture_output=True, text=True, timeout=timeout, env=trainer_env(),
+            stdin=subprocess.DEVNULL, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return CallResult(False, "", f"the trainer did not answer within {timeout:.0f} s and was stopped")
+    tail = "\n".join((proc.stderr or "").strip().splitlines()[-8:])
+    if proc.returncode != 0:
+        return CallResult(False, proc.stdout, tail or f"the trainer exited with code {proc.returncode}")
+    return CallResult(True, proc.stdout, "")
+
+
+def dataset_report(folder: Path, config_text: str | None = None) -> str:
+    """The trainer's text health report for ``folder`` (with the form's dataset settings when valid).
+
+    Exit code 1 means "problems that stop training", which is still a report to show.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["check-dataset", str(folder)]
+        if config_text:
+            config_path = Path(tmp) / "config.toml"
+            config_path.write_text(config_text, encoding="utf-8")
+            args += ["--config", str(config_path)]
+        result = run_trainer(args, CHECK_TIMEOUT_S)
+    if result.stdout.strip():
+        return result.stdout.strip()
+    return f"Could not check the dataset: {result.message}"
+
+
+@dataclass
+class TryItImage:
+    path: Path
+    caption: str
+
+
+def try_adapter(
+    adapter: Path, prompt: str, seed: int, strength: float, steps: int, out_dir: Path
+) -> tuple[list[TryItImage], str]:
+    """Base and adapted images for one prompt and seed, side by side; the error message when it fails."""
+    args = [
+        "sample", str(adapter), "--prompt", prompt, "--seed", str(int(seed)), "--strength", str(float(strength)),
+        "--steps", str(int(steps)), "--compare", "--json", "--out", str(out_dir),
+    ]
+    result = run_trainer(args, SAMPLE_TIMEOUT_S)
+    if not result.ok:
+        return [], f"Sampling failed: {result.message}"
+    try:
+        payload = json.loads(result.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        return [], f"Sampling printed no result: {result.stdout[-500:]}"
+    images = [
+        TryItImage(Path(item["path"]), f"{'base model' if item.get('kind') == 'base' else f'LoRA × {strength:g}'} · seed {item.get('seed')}")
+        for item in payload.get("images", [])
+    ]
+    images.sort(key=lambda image: not image.caption.startswith("base"))
+    return images, ""

@@ -1,0 +1,184 @@
+"""End to end in a real browser: upload sample_data, train on the builtin model, watch, download.
+
+Playwright (from PyPI) drives Debian's Chromium through its executable path (Playwright's own browser
+download cannot work here). ``.ci/install_browser.sh`` installs Chromium in CI; on a developer machine
+without it the test is skipped with the command to run. Screenshots of each step go to
+``test-artifacts/e2e/`` so a failure can be looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "e2e"
+CHROMIUM = os.environ.get("LORA_STUDIO_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Flags that work on this network-less machine (without the networking ones Chromium retries its
+# background connections many times over and looks up Google's hosts at every start).
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+TRAIN_TIMEOUT_MS = 300_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"launch.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the UI did not answer at {url} within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def ui_server(tmp_path):
+    """``python launch.py`` exactly as the README says, on a free port and temporary folders."""
+    port = _free_port()
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "launch.py", "--port", str(port), "--runs-dir", str(tmp_path / "runs"),
+             "--data-dir", str(tmp_path / "data"), "--grace-seconds", "20"],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_http(url, process, log)
+        yield url, tmp_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        # A trainer the UI started outlives the UI by design; end any left from this test.
+        for job_pid in (tmp_path / "runs" / ".jobs").glob("*/runner.json"):
+            _kill_group_from(job_pid)
+
+
+def _kill_group_from(runner_json: Path) -> None:
+    import json
+    import signal
+
+    try:
+        pid = int(json.loads(runner_json.read_text())["pid"])
+        os.killpg(pid, signal.SIGKILL)
+    except (OSError, ValueError, KeyError):
+        pass
+
+
+@pytest.fixture
+def browser_page():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium not found at {CHROMIUM}: .ci/run should have installed it (.ci/install_browser.sh)")
+        pytest.skip(f"no Chromium at {CHROMIUM}; install it with: bash .ci/install_browser.sh")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _set_number(page, elem_id: str, value: int) -> None:
+    box = page.locator(f"#{elem_id} input").first
+    box.fill(str(value))
+    box.press("Tab")  # Gradio commits a number on blur
+
+
+def test_upload_train_watch_download(ui_server, browser_page):
+    url, tmp = ui_server
+    page = browser_page
+    page.goto(url)
+    page.get_by_role("tab", name="1 · Dataset").click()
+    page.locator("#dataset-gallery").wait_for()
+    _shot(page, "01-opened")
+
+    # Upload sample_data's images and captions into a new dataset.
+    page.locator("#new-dataset-name textarea, #new-dataset-name input").first.fill("e2e set")
+    files = sorted(str(p) for p in (REPO / "sample_data").iterdir() if p.suffix in (".png", ".txt"))
+    page.locator("#dataset-upload input[type=file]").set_input_files(files)
+    page.locator("#upload-result").get_by_text("Added 8 images").wait_for()
+    _shot(page, "02-uploaded")
+    stored = tmp / "data" / "e2e_set"
+    assert len(list(stored.glob("*.png"))) == 8 and len(list(stored.glob("*.txt"))) == 7
+
+    # A short run on the builtin model, previews every 10 steps.
+    page.get_by_role("tab", name="2 · Train").click()
+    path_box = page.locator("#cfg-dataset-path textarea, #cfg-dataset-path input").first
+    assert path_box.input_value() == str(stored)
+    page.locator("#cfg-run-name textarea, #cfg-run-name input").first.fill("e2e-run")
+    _set_number(page, "cfg-training-max_steps", 30)
+    _set_number(page, "cfg-sampling-every_n_steps", 10)
+    _set_number(page, "cfg-sampling-steps", 4)
+    page.locator("#start-btn").click()
+    page.locator("#start-message").get_by_text("e2e-run").wait_for()
+    _shot(page, "03-started")
+
+    # The progress bar moves, then a preview and the loss chart appear, then the run completes.
+    page.wait_for_function(
+        "() => { const p = document.querySelector('#run-progress'); return p && Number(p.dataset.step) > 0; }",
+        timeout=TRAIN_TIMEOUT_MS,
+    )
+    _shot(page, "04-training")
+    page.locator("#preview-gallery img").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=TRAIN_TIMEOUT_MS,
+    )
+    _shot(page, "05-completed")
+
+    # Download the kohya adapter from the Runs tab and check it is a real kohya-format safetensors file.
+    page.get_by_role("tab", name="3 · Runs").click()
+    page.wait_for_function("() => document.querySelector('#runs-table')?.innerText.includes('e2e-run')")
+    download_button = page.locator("#download-kohya")
+    download_button.wait_for(state="visible")
+    _shot(page, "06-runs")
+    with page.expect_download() as info:
+        download_button.click()
+    saved = tmp / "downloaded.safetensors"
+    info.value.save_as(saved)
+
+    from safetensors import safe_open
+
+    with safe_open(str(saved), framework="pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata()
+    assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in keys)
+    assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
+    assert metadata["ss_network_module"] == "networks.lora"
