@@ -140,7 +140,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
             with gr.Tab("2 · Train", id="tab-train"):
                 widgets = _train_tab(studio, fields)
             with gr.Tab("3 · Runs", id="tab-runs") as runs_tab:
-                list_runs, runs_outputs = _runs_tab(studio)
+                list_runs, runs_inputs, runs_outputs = _runs_tab(studio)
         # The dataset picker fills `dataset.path` in the training form.
         path_box = widgets[fields_index(fields, "dataset.path")]
         dataset_widgets["select"].change(
@@ -151,8 +151,8 @@ def build_ui(studio: Studio) -> gr.Blocks:
             dataset_widgets["on_load"], dataset_widgets["select"],
             [dataset_widgets["select"], dataset_widgets["gallery"], dataset_widgets["table"]],
         )
-        page.load(list_runs, None, runs_outputs)
-        runs_tab.select(list_runs, None, runs_outputs)
+        page.load(list_runs, runs_inputs, runs_outputs)
+        runs_tab.select(list_runs, runs_inputs, runs_outputs)
     return page
 
 
@@ -446,7 +446,7 @@ def _widget(field: Any, value: Any) -> Any:
     return gr.Textbox(value=value, **common)
 
 
-def _runs_tab(studio: Studio) -> tuple[Any, list[Any]]:
+def _runs_tab(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
     refresh = gr.Button("Refresh", elem_id="runs-refresh")
     table = gr.Dataframe(
         headers=["run", "status", "steps", "final loss", "started", "base model"], interactive=False, elem_id="runs-table",
@@ -477,6 +477,13 @@ def _runs_tab(studio: Studio) -> tuple[Any, list[Any]]:
             names.append(run_dir.name)
         frame = pd.DataFrame(rows, columns=["run", "status", "steps", "final loss", "started", "base model"])
         return frame, gr.update(choices=names, value=names[0] if names else None)
+
+    def list_and_choose(current: str | None):
+        """The table, and the downloads of the picked run refreshed too (its adapter may be new since)."""
+        frame, pick_update = list_runs()
+        names = pick_update["choices"]
+        name = current if current in names else (names[0] if names else None)
+        return frame, gr.update(choices=names, value=name), *choose(name)
 
     def choose(name: str | None):
         if not name:
@@ -511,7 +518,7 @@ def _runs_tab(studio: Studio) -> tuple[Any, list[Any]]:
         images, message = try_adapter(adapter, text or "sks", int(seed_value or 0), strength_value, int(steps_value), out)
         return [(str(image.path), image.caption) for image in images], message
 
-    refresh.click(list_runs, None, [table, pick])
+    refresh.click(list_and_choose, pick, [table, pick, kohya, diffusers, config, run_info])
     pick.change(choose, pick, [kohya, diffusers, config, run_info])
     generate.click(do_try, [pick, prompt, seed, strength, steps], [try_gallery, try_message])
-    return list_runs, [table, pick]
+    return list_and_choose, [pick], [table, pick, kohya, diffusers, config, run_info]

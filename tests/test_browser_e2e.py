@@ -156,6 +156,16 @@ def test_upload_train_watch_download(ui_server, browser_page):
         timeout=TRAIN_TIMEOUT_MS,
     )
     _shot(page, "04-training")
+    # Reloading the page re-attaches to the running job: the monitor shows it again, still moving.
+    step_before = int(page.locator("#run-progress").get_attribute("data-step"))
+    page.reload()
+    page.get_by_role("tab", name="2 · Train").click()
+    page.wait_for_function(
+        "(before) => { const p = document.querySelector('#run-progress');"
+        " return p && (Number(p.dataset.step) > before || p.dataset.status === 'completed'); }",
+        arg=step_before, timeout=TRAIN_TIMEOUT_MS,
+    )
+    _shot(page, "04b-reloaded")
     page.locator("#preview-gallery img").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     page.wait_for_function(
@@ -182,3 +192,9 @@ def test_upload_train_watch_download(ui_server, browser_page):
     assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in keys)
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
     assert metadata["ss_network_module"] == "networks.lora"
+
+    # "Try it": base and adapted images side by side, rendered by a trainer process.
+    page.locator("#try-prompt textarea, #try-prompt input").first.fill("sks, a red circle")
+    page.locator("#try-generate").click()
+    page.wait_for_function("() => document.querySelectorAll('#try-gallery img').length >= 2", timeout=TRAIN_TIMEOUT_MS)
+    _shot(page, "07-try-it")
