@@ -18,6 +18,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECK_TIMEOUT_S = 300
 SAMPLE_TIMEOUT_S = 1800
+CAPTION_TIMEOUT_S = 3600
 
 
 def trainer_command() -> list[str]:
@@ -66,6 +67,15 @@ def dataset_report(folder: Path, config_text: str | None = None) -> str:
     if result.stdout.strip():
         return result.stdout.strip()
     return f"Could not check the dataset: {result.message}"
+
+
+def auto_caption(folder: Path, model: str, kind: str, overwrite: bool) -> str:
+    """Caption ``folder`` with a BLIP-style captioner or a tagger (the trainer's ``caption`` command)."""
+    args = ["caption", str(folder), "--model", model, "--kind", kind] + (["--overwrite"] if overwrite else [])
+    result = run_trainer(args, CAPTION_TIMEOUT_S)
+    if not result.ok:
+        return f"Captioning failed: {result.message}"
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "Captioning finished."
 
 
 @dataclass

@@ -39,7 +39,7 @@ from app.run_view import (
     progress_html,
     status_markdown,
 )
-from app.trainer_calls import dataset_report, try_adapter
+from app.trainer_calls import auto_caption, dataset_report, try_adapter
 from trainer.config import BUILTIN_MODELS, PRESETS, Config, section_doc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +191,12 @@ def _dataset_tab(studio: Studio) -> dict[str, Any]:
         old = gr.Textbox(label="Find")
         new = gr.Textbox(label="Replace with")
         apply = gr.Button("Apply to all captions", elem_id="bulk-apply")
+    with gr.Accordion("Auto-caption with a model", open=False), gr.Row():
+        caption_model = gr.Textbox(label="Captioning model", scale=3,
+                                   info="A local folder or a hub id of a BLIP-style image-to-text model or a booru tagger.")
+        caption_kind = gr.Dropdown(["blip", "tagger"], value="blip", label="Kind", scale=1)
+        caption_overwrite = gr.Checkbox(False, label="Also replace existing captions", scale=1)
+        caption_run = gr.Button("Caption images", scale=1)
     with gr.Accordion("Danger zone", open=False):
         delete = gr.Button("Move this dataset to the trash", variant="stop")
     report = gr.Markdown(elem_id="dataset-report")
@@ -241,6 +247,15 @@ def _dataset_tab(studio: Studio) -> dict[str, Any]:
             return "Choose a dataset first."
         return "```\n" + dataset_report(store.path(name)) + "\n```"
 
+    def do_caption(name: str | None, model: str, kind: str, overwrite: bool):
+        if not name:
+            return gr.skip(), gr.skip(), "Choose a dataset first."
+        if not model.strip():
+            return gr.skip(), gr.skip(), "Give the captioning model's folder or hub id."
+        message = auto_caption(store.path(name), model.strip(), kind, overwrite)
+        images, frame = show(name)
+        return images, frame, message
+
     def do_delete(name: str | None):
         if not name:
             return gr.skip(), "Choose a dataset first."
@@ -256,6 +271,7 @@ def _dataset_tab(studio: Studio) -> dict[str, Any]:
     save.click(do_save, [select, table], upload_result)
     apply.click(do_bulk, [select, action, text, old, new], [gallery, table, upload_result])
     check.click(do_check, select, report)
+    caption_run.click(do_caption, [select, caption_model, caption_kind, caption_overwrite], [gallery, table, upload_result])
     delete.click(do_delete, select, [select, upload_result])
 
     def on_load(name: str | None):
