@@ -40,6 +40,7 @@ from app.run_view import (
     status_markdown,
 )
 from app.trainer_calls import auto_caption, dataset_report, try_adapter
+from trainer.atomic import write_text
 from trainer.config import BUILTIN_MODELS, PRESETS, Config, section_doc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -352,8 +353,7 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
         if cfg is None:
             raise gr.Error("Fix these first: " + "; ".join(problems))
         out = studio.settings.runs_dir / ".configs" / f"{cfg.run.name}.toml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(config_to_toml_text(cfg), encoding="utf-8")
+        write_text(out, config_to_toml_text(cfg))
         return str(out)
 
     def do_load_config(file: str | None):
@@ -402,10 +402,13 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
         def handler(job_id: str | None):
             if not job_id:
                 return "Pick a queued job first."
-            if kind == "remove":
-                studio.jobs.remove_queued(job_id)
-                return f"Removed {job_id} from the queue."
-            studio.jobs.move_queued(job_id, -1 if kind == "up" else 1)
+            try:
+                if kind == "remove":
+                    studio.jobs.remove_queued(job_id)
+                    return f"Removed {job_id} from the queue."
+                studio.jobs.move_queued(job_id, -1 if kind == "up" else 1)
+            except (KeyError, ValueError) as err:  # it started or was removed meanwhile
+                return f"Could not change the queue: {err}"
             return f"Moved {job_id} {kind}."
         return handler
 

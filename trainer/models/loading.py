@@ -199,7 +199,7 @@ def assemble_base_model(
     for module in (unet, vae, *text_encoders):
         module.requires_grad_(False)
         module.eval()
-        if dtype is not None:
+        if dtype is not None and module.dtype != dtype:  # a no-op cast still makes diffusers warn
             module.to(dtype=dtype)
     return BaseModel(
         family=family,
