@@ -138,6 +138,7 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         _enable_gradient_checkpointing(trained)
 
     latent_cache = _build_latent_cache(cfg, model, dataset, run_dir, log)
+    dataset.pixels_cached = latent_cache is not None
     text_cache = None
     if cfg.dataset.cache_text_embeddings and not cfg.network.train_text_encoder and dataset.static_captions:
         captions = [dataset.static_caption(i) for i in range(len(dataset.records))]
