@@ -75,18 +75,19 @@ def ui_server(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
         # A trainer the UI started outlives the UI by design; end any left from this test.
-        for job_pid in (tmp_path / "runs" / ".jobs").glob("*/runner.json"):
-            _kill_group_from(job_pid)
+        for job_file in (tmp_path / "runs" / ".jobs").glob("*/job.json"):
+            _kill_group_from(job_file)
 
 
-def _kill_group_from(runner_json: Path) -> None:
+def _kill_group_from(job_file: Path) -> None:
     import json
     import signal
 
     try:
-        pid = int(json.loads(runner_json.read_text())["pid"])
-        os.killpg(pid, signal.SIGKILL)
-    except (OSError, ValueError, KeyError):
+        record = json.loads(job_file.read_text())
+        if record.get("state") in ("running", "stopping") and record.get("pid"):
+            os.killpg(int(record["pid"]), signal.SIGKILL)
+    except (OSError, ValueError, TypeError):
         pass
 
 
