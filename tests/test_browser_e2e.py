@@ -133,8 +133,12 @@ def test_upload_train_watch_download(ui_server, browser_page):
     # Upload sample_data's images and captions into a new dataset.
     page.locator("#new-dataset-name textarea, #new-dataset-name input").first.fill("e2e set")
     files = sorted(str(p) for p in (REPO / "sample_data").iterdir() if p.suffix in (".png", ".txt"))
-    page.locator("#dataset-upload input[type=file]").set_input_files(files)
+    not_an_image = tmp / "upload" / "notes.png"  # a text file renamed .png: listed as rejected, not a traceback
+    not_an_image.parent.mkdir()
+    not_an_image.write_text("this is not a picture")
+    page.locator("#dataset-upload input[type=file]").set_input_files([*files, str(not_an_image)])
     page.locator("#upload-result").get_by_text("Added 8 images").wait_for()
+    assert "notes.png" in page.locator("#upload-result").inner_text()
     _shot(page, "02-uploaded")
     stored = tmp / "data" / "e2e_set"
     assert len(list(stored.glob("*.png"))) == 8 and len(list(stored.glob("*.txt"))) == 7
