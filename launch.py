@@ -56,8 +56,6 @@ def build_studio(args: argparse.Namespace):
     from app.ui import Settings, Studio
 
     settings = Settings(runs_dir=args.runs_dir.resolve(), data_dir=args.data_dir.resolve())
-    settings.runs_dir.mkdir(parents=True, exist_ok=True)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     jobs = JobManager(settings.runs_dir, grace_seconds=args.grace_seconds)
     return Studio(settings, jobs, DatasetStore(settings.data_dir))
 

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,18 +51,12 @@ def run_trainer(args: list[str], timeout: float) -> CallResult:
     return CallResult(True, proc.stdout, "")
 
 
-def dataset_report(folder: Path, config_text: str | None = None) -> str:
-    """The trainer's text health report for ``folder`` (with the form's dataset settings when valid).
+def dataset_report(folder: Path) -> str:
+    """The trainer's text health report for ``folder``.
 
     Exit code 1 means "problems that stop training", which is still a report to show.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        args = ["check-dataset", str(folder)]
-        if config_text:
-            config_path = Path(tmp) / "config.toml"
-            config_path.write_text(config_text, encoding="utf-8")
-            args += ["--config", str(config_path)]
-        result = run_trainer(args, CHECK_TIMEOUT_S)
+    result = run_trainer(["check-dataset", str(folder)], CHECK_TIMEOUT_S)
     if result.stdout.strip():
         return result.stdout.strip()
     return f"Could not check the dataset: {result.message}"
@@ -81,6 +74,7 @@ def auto_caption(folder: Path, model: str, kind: str, overwrite: bool) -> str:
 @dataclass
 class TryItImage:
     path: Path
+    kind: str  # "base" or "adapted", as the sample command reports it
     caption: str
 
 
@@ -99,9 +93,10 @@ def try_adapter(
         payload = json.loads(result.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         return [], f"Sampling printed no result: {result.stdout[-500:]}"
-    images = [
-        TryItImage(Path(item["path"]), f"{'base model' if item.get('kind') == 'base' else f'LoRA × {strength:g}'} · seed {item.get('seed')}")
-        for item in payload.get("images", [])
-    ]
-    images.sort(key=lambda image: not image.caption.startswith("base"))
+    images = []
+    for item in payload.get("images", []):
+        kind = item.get("kind", "adapted")
+        label = "base model" if kind == "base" else f"LoRA × {strength:g}"
+        images.append(TryItImage(Path(item["path"]), kind, f"{label} · seed {item.get('seed')}"))
+    images.sort(key=lambda image: image.kind != "base")  # base on the left
     return images, ""

@@ -8,7 +8,6 @@ running job again: the job manager re-attaches, and the page reads the run folde
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +91,10 @@ class Studio:
         """
         if self.store.names() or not self.settings.sample_data.is_dir():
             return
-        target = self.store.path(self.store.create(SAMPLE_DATASET))
-        for item in self.settings.sample_data.iterdir():
-            if item.is_file() and item.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".txt", ".caption"):
-                shutil.copy2(item, target / item.name)
+        name = self.store.create(SAMPLE_DATASET)
+        # Through the upload path: the same checks and atomic writes, and the generator script is skipped.
+        files = sorted(p for p in self.settings.sample_data.iterdir() if p.is_file() and p.suffix != ".py")
+        self.store.add_files(name, [(p.name, p) for p in files])
 
     def default_config(self) -> Config:
         default_data = self.store.path(SAMPLE_DATASET) if SAMPLE_DATASET in self.store.names() else self.settings.sample_data
@@ -239,7 +238,10 @@ def _dataset_tab(studio: Studio) -> dict[str, Any]:
     def do_bulk(name: str | None, label: str, text_value: str, old_value: str, new_value: str):
         if not name:
             return gr.skip(), gr.skip(), "Choose a dataset first."
-        changed = store.bulk_edit(name, BULK_ACTIONS[label], text=text_value, old=old_value, new=new_value)
+        try:
+            changed = store.bulk_edit(name, BULK_ACTIONS[label], text=text_value, old=old_value, new=new_value)
+        except ValueError as err:  # e.g. "find" left empty: say so beside the button
+            return gr.skip(), gr.skip(), str(err)
         images, frame = show(name)
         return images, frame, f"{label}: {changed} caption(s) changed."
 

@@ -17,16 +17,6 @@ from trainer.network import inject_lora
 from trainer.sampling import generate_previews, make_scheduler
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # On a shared 2-core machine two OpenMP threads spin against other processes: a 0.1 s preview
-    # takes 6 s. One thread is faster here and changes no result.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lora_model(train_text_encoder: bool = True, seed: int = 3):
     """The builtin model with LoRA injected and B != 0, so the adapter changes the output."""
     model = load_base_model(Config().model)
@@ -200,75 +190,10 @@ def test_v_prediction_model_previews(tmp_path):
     assert Image.open(result[0].path).size == (32, 32)
 
 
-def tiny_sdxl():
-    """An SDXL-shaped BaseModel at diffusers' own test sizes: two text encoders, text_time conditioning."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from trainer.models.loading import assemble_base_model
-
-    tokenizer = CLIPTokenizer.from_pretrained(builtin_model_path("builtin:tiny-sd"), subfolder="tokenizer")
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,  # 6 size/crop ids * 8 + 32 pooled text dims
-        cross_attention_dim=64,  # both encoders' hidden states concatenated: 32 + 32
-        norm_num_groups=1,
-    )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-    )
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    encoders = [CLIPTextModel(text_config), CLIPTextModelWithProjection(text_config)]
-    scheduler = EulerDiscreteScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
-    )
-    return assemble_base_model(
-        "sdxl",
-        unet,
-        vae,
-        encoders,
-        [tokenizer, tokenizer],
-        scheduler,
-        ModelConfig(),
-        source="test",
-        name_or_path="tiny-sdxl",
-    )
-
-
 def test_sdxl_models_get_the_sdxl_pipeline(tmp_path):
     from trainer.sampling import build_pipeline
 
-    model = tiny_sdxl()
+    model = load_base_model(ModelConfig(base="builtin:tiny-sdxl"))
     inject_lora(model, Config().network, train_text_encoder=True)
     pipe = build_pipeline(model, "euler")
     assert type(pipe).__name__ == "StableDiffusionXLPipeline"

@@ -20,15 +20,6 @@ from trainer.models.loading import ModelLoadError, load_base_model
 from trainer.network import inject_lora
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Two OpenMP threads on a shared 2-core machine are many times slower than one (see test_sampling).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory) -> dict[str, Path]:
     """The same trained-looking adapter (B != 0, UNet and text encoder) in diffusers and kohya format."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 from trainer.atomic import atomic_dir
 
@@ -91,8 +92,8 @@ def write_tokenizer_files(folder: Path) -> None:
 def build_tiny_sd(folder: Path, prediction_type: str = "epsilon") -> None:
     """Write a tiny SD 1.x diffusers pipeline folder with deterministic random weights."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(folder)
     write_tokenizer_files(folder / "tokenizer")
@@ -111,42 +112,10 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon") -> None:
         attention_head_dim=8,
         norm_num_groups=32,
     )
+    vae = tiny_vae(scaling_factor=0.18215)
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        latent_channels=4,
-        sample_size=64,
-        norm_num_groups=32,
-        scaling_factor=0.18215,
-    )
-    torch.manual_seed(0)
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=5,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        layer_norm_eps=1e-5,
-        projection_dim=32,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    text_encoder = CLIPTextModel(text_config)
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    text_encoder = CLIPTextModel(tiny_clip_config(tokenizer))
+    scheduler = sd_scheduler(prediction_type)
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -158,3 +127,62 @@ def build_tiny_sd(folder: Path, prediction_type: str = "epsilon") -> None:
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder, safe_serialization=True)
+
+
+# Parts shared with ``builtin_sdxl``; each seeds torch itself so a model's bytes never depend on call order.
+
+
+def tiny_vae(scaling_factor: float) -> Any:
+    """A two-block VAE (downsample factor 2) with seeded random weights."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(32, 64),
+        latent_channels=4,
+        sample_size=64,
+        norm_num_groups=32,
+        scaling_factor=scaling_factor,
+    )
+
+
+def tiny_clip_config(tokenizer: Any, **overrides: Any) -> Any:
+    """A 5-layer, 32-wide CLIP text config over the generated vocabulary."""
+    from transformers import CLIPTextConfig
+
+    settings = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 5,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 77,
+        "layer_norm_eps": 1e-5,
+        "projection_dim": 32,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **overrides,
+    }
+    return CLIPTextConfig(**settings)
+
+
+def sd_scheduler(prediction_type: str, **overrides: Any) -> Any:
+    """The DDPM training schedule SD 1.x / 2.x / SDXL share (scaled-linear betas 0.00085 → 0.012)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+        **overrides,
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainer.models.builtin import write_tokenizer_files
+from trainer.models.builtin import sd_scheduler, tiny_clip_config, tiny_vae, write_tokenizer_files
 
 TEXT_DIM = 32  # hidden size of each text encoder; cross attention sees both: 2 * TEXT_DIM
 TIME_EMBED_DIM = 8  # per size/crop number; SDXL's is 256
@@ -29,8 +29,8 @@ def _write_tokenizer_2(folder: Path) -> None:
 def build_tiny_sdxl(folder: Path, prediction_type: str = "epsilon") -> None:
     """Write a tiny SDXL diffusers pipeline folder with deterministic random weights."""
     import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     write_tokenizer_files(folder / "tokenizer")
     _write_tokenizer_2(folder / "tokenizer_2")
@@ -58,46 +58,12 @@ def build_tiny_sdxl(folder: Path, prediction_type: str = "epsilon") -> None:
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_DIM,
         norm_num_groups=32,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(32, 64),
-        latent_channels=4,
-        sample_size=64,
-        norm_num_groups=32,
-        scaling_factor=0.13025,
-    )
+    vae = tiny_vae(scaling_factor=0.13025)
     encoders = []
     for cls, tok in ((CLIPTextModel, tokenizer), (CLIPTextModelWithProjection, tokenizer_2)):
         torch.manual_seed(0)
-        config = CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=TEXT_DIM,
-            intermediate_size=37,
-            num_hidden_layers=5,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            layer_norm_eps=1e-5,
-            hidden_act="gelu",
-            projection_dim=TEXT_DIM,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-        encoders.append(cls(config))
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type=prediction_type,
-    )
+        encoders.append(cls(tiny_clip_config(tok, hidden_size=TEXT_DIM, projection_dim=TEXT_DIM, hidden_act="gelu")))
+    scheduler = sd_scheduler(prediction_type, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=encoders[0],
