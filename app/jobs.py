@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from app.job_runner import EXIT_FILE, LOG_PREFIX, NOT_STARTED, RUNNER_FILE
+from app.trainer_calls import trainer_env
 from trainer.atomic import write_text
 from trainer.events import EVENTS_FILE, EventCursor
 from trainer.run_folder import LOG_FILE as TRAIN_LOG
@@ -50,7 +51,6 @@ JOB_FILE = "job.json"
 CONFIG_FILE = "config.toml"
 OUTPUT_LOG = "output.log"
 DIED_MESSAGE = "the trainer process ended without reporting (exit code unknown)"
-_REPO_ROOT = Path(__file__).resolve().parents[1]  # holds the `app` and `trainer` packages
 _HAS_PROC = Path("/proc/self/cmdline").exists()
 
 
@@ -456,9 +456,6 @@ class JobManager:
             sys.executable, "-m", "app.job_runner", str(job.job_dir), "--",
             *self.trainer_command, str(job.config_path), "--no-progress", *(["--resume"] if job.resume else []),
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # The runner (and `-m trainer`) import from this same checkout, whatever the working directory.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         cwd = job.cwd if job.cwd and Path(job.cwd).is_dir() else str(self.runs_dir)
         try:
             with open(job.output_log, "ab") as output:
@@ -468,7 +465,7 @@ class JobManager:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     cwd=cwd,
-                    env=env,
+                    env=trainer_env(),  # the runner and `-m trainer` import from this checkout
                     start_new_session=True,
                 )
         except OSError as err:

@@ -29,12 +29,14 @@ from app.config_form import (
 from app.datasets import DatasetStore
 from app.jobs import JobManager
 from app.run_view import (
+    MonitorMemo,
     RunFollower,
     RunView,
     gallery_items,
     load_view,
     loss_rows,
     lr_rows,
+    monitor_memo,
     progress_html,
     status_markdown,
 )
@@ -371,33 +373,35 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
             return [gr.skip()] * len(widgets) + ["**Could not load the config:**\n" + "\n".join(f"- {p}" for p in problems)]
         return [*config_to_values(cfg), f"Loaded **{path.name}**."]
 
-    def refresh(last: Any):
+    def refresh(last: MonitorMemo | None, picked: str | None):
         studio.jobs.tick()
         job = studio.watched_job()
         view: RunView | None = studio.follower(job.run_dir).poll() if job else None
         state = job.state if job else ""
         if job and job.state == "running" and view is not None and view.status == "waiting":
             state = "waiting"
-        queue = [[j.id, j.name, j.state] for j in ([studio.jobs.current()] if studio.jobs.current() else []) + studio.jobs.queued()]
-        signature = (
-            job.id if job else None, state, view.step if view else 0, len(view.losses) if view else 0,
-            len(view.previews) if view else 0, view.status if view else "", tuple(map(tuple, queue)),
-        )
+        queued = studio.jobs.queued()
+        current = studio.jobs.current()
+        queue = [[j.id, j.name, j.state] for j in ([current] if current else []) + queued]
         log = studio.jobs.log_tail(job.id, 40) if job else ""
-        if signature == last:
-            return [gr.skip()] * 6 + [log, gr.skip(), gr.skip(), last]
-        queued_ids = [j.id for j in studio.jobs.queued()]
+        send, memo = (last or MonitorMemo()).updates(monitor_memo(job.id if job else None, state, view, queue, log), time.monotonic())
+        queued_ids = [j.id for j in queued]
+
+        def part(name: str, make: Any) -> Any:
+            return make() if name in send else gr.skip()
+
         return [
-            progress_html(view, state) if job else progress_html(None),
-            status_markdown(view, job),
-            pd.DataFrame(loss_rows(view)) if view and view.losses else None,
-            pd.DataFrame(lr_rows(view)) if view and view.lrs else None,
-            gallery_items(view) if view else [],
-            pd.DataFrame(queue, columns=["job", "run", "state"]),
-            log,
-            gr.update(choices=queued_ids, value=queued_ids[0] if queued_ids else None),
+            part("progress", lambda: progress_html(view, state) if job else progress_html(None)),
+            part("progress", lambda: status_markdown(view, job)),
+            part("charts", lambda: pd.DataFrame(loss_rows(view)) if view and view.losses else None),
+            part("charts", lambda: pd.DataFrame(lr_rows(view)) if view and view.lrs else None),
+            part("gallery", lambda: gallery_items(view) if view else []),
+            part("queue", lambda: pd.DataFrame(queue, columns=["job", "run", "state"])),
+            part("log", lambda: log),
+            # The picked job stays picked while the queue around it changes.
+            part("queue", lambda: gr.update(choices=queued_ids, value=picked if picked in queued_ids else (queued_ids or [None])[0])),
             gr.skip(),
-            signature,
+            memo,
         ]
 
     def queue_action(kind: str):
@@ -420,8 +424,9 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
     save_config.click(do_save_config, widgets, save_config)
     load_config.upload(do_load_config, load_config, [*widgets, start_message])
     timer.tick(
-        refresh, seen,
+        refresh, [seen, queued_pick],
         [progress, outcome, loss_plot, lr_plot, previews, queue_table, log_tail, queued_pick, start_message, seen],
+        show_progress="hidden",  # no loading overlay flashing over the charts every second
     )
     up.click(queue_action("up"), queued_pick, start_message)
     down.click(queue_action("down"), queued_pick, start_message)

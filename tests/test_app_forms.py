@@ -19,7 +19,18 @@ from app.config_form import (
     unique_run_name,
     values_to_config,
 )
-from app.run_view import RunFollower, gallery_items, loss_rows, progress_html, smoothed, status_markdown
+from app.run_view import (
+    CHART_INTERVAL_S,
+    MonitorMemo,
+    RunFollower,
+    RunView,
+    gallery_items,
+    loss_rows,
+    monitor_memo,
+    progress_html,
+    smoothed,
+    status_markdown,
+)
 from trainer.config import Config, config_to_dict, field_infos, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,9 +151,29 @@ def test_failed_run_shows_its_error(tmp_path):
     assert "failed" in status_markdown(view) and "/x" in status_markdown(view)
 
 
-def test_loss_rows_have_raw_and_smoothed_series():
-    from app.run_view import RunView
+def test_monitor_resends_only_what_changed_and_throttles_the_charts():
+    view = RunView(Path("r"), status="running", step=1, losses=[(1, 1.0)])
 
+    def seen(memo, now, log=""):
+        return memo.updates(monitor_memo("job1", "running", view, [["job1", "r", "running"]], log), now)
+
+    sent, memo = seen(MonitorMemo(), 0.0)
+    assert sent == {"progress", "charts", "gallery", "queue"}  # first poll: everything (the log is still empty)
+    assert seen(memo, 0.5)[0] == set()  # nothing new: nothing re-sent
+    view.step, view.losses = 2, [(1, 1.0), (2, 0.9)]
+    sent, memo = seen(memo, 1.0, log="step 2")
+    assert sent == {"progress", "log"}  # the chart waits for its interval...
+    view.step, view.losses = 3, view.losses + [(3, 0.8)]
+    sent, memo = seen(memo, CHART_INTERVAL_S + 0.1, log="step 2")
+    assert sent == {"progress", "charts"}  # ...then draws every point so far
+    view.step, view.losses, view.status = 4, view.losses + [(4, 0.7)], "completed"
+    sent, memo = seen(memo, CHART_INTERVAL_S + 0.2, log="step 2")
+    assert "charts" in sent  # the end of a run is drawn at once, whatever the interval
+    view.previews.append(object())
+    assert seen(memo, CHART_INTERVAL_S + 0.3, log="step 2")[0] == {"gallery"}
+
+
+def test_loss_rows_have_raw_and_smoothed_series():
     view = RunView(Path("r"))
     view.losses = [(i, float(v)) for i, v in enumerate([4, 2, 4, 2, 4, 2], start=1)]
     rows = loss_rows(view)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from app.datasets import DatasetStore
 from app.jobs import JobManager
-from app.trainer_calls import auto_caption, dataset_report
+from app.trainer_calls import auto_caption, dataset_report, trainer_env, usable_cores
 from app.ui import SAMPLE_DATASET, Settings, Studio, build_ui
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,3 +46,12 @@ def test_dataset_report_runs_in_a_trainer_process(tmp_path):
 def test_auto_caption_failure_is_a_message_not_a_traceback(tmp_path):
     message = auto_caption(REPO / "sample_data", str(tmp_path / "no-such-model"), "blip", overwrite=False)
     assert message.startswith("Captioning failed") and "no-such-model" in message and "Traceback" not in message
+
+
+def test_trainer_processes_leave_a_core_for_the_page_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = trainer_env()
+    assert env["OMP_NUM_THREADS"] == str(max(1, usable_cores() - 1))
+    assert env["PYTHONPATH"].split(":")[0] == str(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert trainer_env()["OMP_NUM_THREADS"] == "7"
