@@ -30,7 +30,7 @@ def trainer_env() -> dict[str, str]:
     The repo is importable, so ``-m trainer`` works from a plain checkout too. Unless the user set
     ``OMP_NUM_THREADS``, torch gets one core less than the machine has: the page's polling and the
     browser drawing it need some CPU, and torch threads that must wait for a busy core wait for each
-    other too (on 2 cores the default 200-step run took 49.8 s with 2 threads, 39.9 s with 1).
+    other too (on 2 cores a 200-step builtin run from the page took 49.8 s with 2 threads, 39.9 s with 1).
     """
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}

@@ -91,7 +91,7 @@ def main() -> None:
             os.killpg(server.pid, 15)
             server.wait(timeout=30)
     print(f"install + start (README line until the page answers): {t_ui - t0:6.1f} s")
-    print(f"press Start → run completed (defaults: 200 steps)     : {t_trained - t_ui:6.1f} s")
+    print(f"press Start → run completed (the page's defaults)       : {t_trained - t_ui:6.1f} s")
     print(f"download the adapter                                   : {t_done - t_trained:6.1f} s")
     print(f"README line → adapter on disk                          : {t_done - t0:6.1f} s")
 

@@ -202,7 +202,7 @@ class OptimizerConfig:
 class TrainingConfig:
     """The training loop."""
 
-    max_steps: int = option(200, "Stop after this many optimizer steps (0: use `epochs`).")
+    max_steps: int = option(100, "Stop after this many optimizer steps (0: use `epochs`).")
     epochs: int = option(0, "Stop after this many passes over the dataset (used when max_steps = 0).")
     batch_size: int = option(1, "Images per step on each device.")
     gradient_accumulation_steps: int = option(1, "Micro-batches accumulated into one optimizer step.", advanced=True)
