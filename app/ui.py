@@ -102,6 +102,26 @@ class Studio:
         default_data = self.store.path(SAMPLE_DATASET) if SAMPLE_DATASET in self.store.names() else self.settings.sample_data
         return ui_default_config(self.settings.runs_dir, default_data)
 
+    def form_config(self) -> Config:
+        """What the form shows when the page opens: the config of the newest job, else the defaults.
+
+        So a reload or a restarted UI never loses the settings someone trained (or queued) with.
+        """
+        for job in self.jobs.jobs():
+            try:
+                text = Path(job.config_path).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+            cfg, _ = config_from_toml_text(text, job.name, self.settings.runs_dir)
+            if cfg is not None:
+                return cfg
+        return self.default_config()
+
+    def dataset_name_of(self, path: str) -> str | None:
+        """The saved dataset whose folder is ``path``, if it is one."""
+        target = Path(path).resolve()
+        return next((name for name in self.store.names() if self.store.path(name).resolve() == target), None)
+
     def follower(self, run_dir: Path) -> RunFollower:
         if run_dir not in self._followers:
             self._followers[run_dir] = RunFollower(run_dir)
@@ -148,10 +168,15 @@ def build_ui(studio: Studio) -> gr.Blocks:
         dataset_widgets["select"].change(
             lambda name: str(studio.store.path(name)) if name else gr.skip(), dataset_widgets["select"], path_box
         )
-        # A reloaded page (or a restarted UI) shows what is on disk now, not what was there at build time.
+        # A reloaded page (or a restarted UI) shows what is on disk now, not what was there at build time:
+        # the datasets, and in the form the settings of the newest job with its dataset selected.
+        def on_open(current: str | None):
+            cfg = studio.form_config()
+            return [*config_to_values(cfg), *dataset_widgets["on_load"](studio.dataset_name_of(cfg.dataset.path) or current)]
+
         page.load(
-            dataset_widgets["on_load"], dataset_widgets["select"],
-            [dataset_widgets["select"], dataset_widgets["gallery"], dataset_widgets["table"]],
+            on_open, dataset_widgets["select"],
+            [*widgets, dataset_widgets["select"], dataset_widgets["gallery"], dataset_widgets["table"]],
         )
         page.load(list_runs, runs_inputs, runs_outputs)
         runs_tab.select(list_runs, runs_inputs, runs_outputs)
@@ -288,7 +313,7 @@ def _dataset_tab(studio: Studio) -> dict[str, Any]:
 
 
 def _train_tab(studio: Studio, fields: list) -> list[Any]:
-    defaults = config_to_values(studio.default_config())
+    defaults = config_to_values(studio.form_config())
     # Settings on the left, the live run on the right: Start, progress and charts stay in view while editing.
     with gr.Row(equal_height=False):
         with gr.Column(scale=5):

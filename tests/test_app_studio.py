@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from app.config_form import config_to_toml_text
 from app.datasets import DatasetStore
 from app.jobs import JobManager
 from app.trainer_calls import auto_caption, dataset_report, trainer_env, usable_cores
@@ -55,3 +56,16 @@ def test_trainer_processes_leave_a_core_for_the_page_unless_the_user_chose(monke
     assert env["PYTHONPATH"].split(":")[0] == str(REPO)
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert trainer_env()["OMP_NUM_THREADS"] == "7"
+
+
+def test_the_form_reopens_with_the_newest_jobs_settings(tmp_path):
+    studio = _studio(tmp_path)
+    assert studio.form_config().training.max_steps == studio.default_config().training.max_steps
+    studio.store.create("dogs")
+    cfg = studio.default_config()
+    cfg.run.name, cfg.training.max_steps, cfg.dataset.path = "dog-lora", 37, str(studio.store.path("dogs"))
+    studio.jobs.submit(config_to_toml_text(cfg), cfg.run.name)  # queued, not started: still remembered
+    reopened = _studio(tmp_path).form_config()  # as after a reload or a restarted UI
+    assert (reopened.run.name, reopened.training.max_steps) == ("dog-lora", 37)
+    assert studio.dataset_name_of(reopened.dataset.path) == "dogs"
+    assert studio.dataset_name_of(str(tmp_path / "elsewhere")) is None

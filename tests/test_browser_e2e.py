@@ -171,6 +171,9 @@ def test_upload_train_watch_download(ui_server, browser_page):
         arg=step_before, timeout=TRAIN_TIMEOUT_MS,
     )
     _shot(page, "04b-reloaded")
+    # ...and the form still holds the settings it was started with, not the first-start defaults.
+    assert page.locator("#cfg-run-name textarea, #cfg-run-name input").first.input_value() == "e2e-run"
+    assert page.locator("#cfg-training-max_steps input").first.input_value() == "30"
     page.locator("#preview-gallery img").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     page.wait_for_function(
