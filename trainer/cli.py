@@ -41,6 +41,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     from trainer.errors import user_facing_errors
+    from trainer.library_noise import quiet_known_library_noise
+
+    quiet_known_library_noise()
 
     parser, modules = build_parser()
     args = parser.parse_args(argv)
