@@ -79,9 +79,17 @@ def main(argv: list[str] | None = None) -> int:
             server_name=args.host, server_port=args.port, share=args.share, auth=auth,
             allowed_paths=[str(studio.settings.runs_dir), str(studio.settings.data_dir)],
             css=CSS, footer_links=[], show_error=True,
+            quiet=True, prevent_thread_lock=True,  # our own lines below: Gradio's talk of `launch(share=True)` misleads here
         )
+        print(f"lora-studio: open {page.local_url} in a browser (Ctrl+C stops the page; a running training "
+              "goes on and the next start re-attaches to it)", flush=True)
+        if page.share_url:
+            print(f"lora-studio: public link {page.share_url} (login required)", flush=True)
+        page.block_thread()
     except OSError as err:
-        print(f"lora-studio: cannot listen on {args.host}:{args.port}: {err} (try --port)", file=sys.stderr)
+        reason = str(err).split(". ")[0]  # Gradio goes on about GRADIO_SERVER_PORT and launch(): not ours
+        print(f"lora-studio: cannot listen on {args.host}:{args.port} ({reason}); is it already running? "
+              f"Otherwise pick another port, e.g. --port {args.port + 1}", file=sys.stderr)
         return 1
     finally:
         studio.jobs.close()  # the running trainer keeps going; the next start re-attaches to it

@@ -216,6 +216,21 @@ def test_launch_exits_with_message_instead_of_starting(tmp_path):
     assert out.returncode == 2 and "refusing to start" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_launch_on_a_busy_port_says_what_to_do(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "launch.py", "--port", str(port), "--runs-dir", str(tmp_path / "runs"),
+             "--data-dir", str(tmp_path / "data")], capture_output=True, text=True, cwd=REPO, timeout=120,
+        )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr and f"--port {port + 1}" in out.stderr
+
+
 def test_default_config_is_valid(tmp_path):
     cfg: Config = ui_default_config(tmp_path, REPO / "sample_data")
     values = config_to_values(cfg)
