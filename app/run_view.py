@@ -19,6 +19,8 @@ from trainer.events import EVENTS_FILE, EventCursor, read_events
 LOSS_SMOOTHING = 0.9  # exponential moving average weight, as TensorBoard's default smoothing slider
 MAX_PLOT_POINTS = 2000  # the chart thins longer histories evenly; the events file keeps every step
 CHART_INTERVAL_S = 5.0  # a growing loss chart is redrawn at most this often (see MonitorMemo)
+ACTIVE_POLL_S = 1.0  # the page polls this often while a job runs or waits in the queue...
+IDLE_POLL_S = 5.0  # ...and this often otherwise: each poll costs the browser CPU (a quarter core at 1 s, headless)
 
 
 @dataclass
@@ -138,21 +140,23 @@ class MonitorMemo:
     gallery: tuple = ()
     queue: tuple = ()
     log: str = ""
+    poll_s: float = 0.0  # the page's polling interval
 
     def updates(self, current: MonitorMemo, now: float) -> tuple[set[str], MonitorMemo]:
         """The parts of ``current`` to send, and the memo that remembers having sent them."""
-        send = {part for part in ("progress", "gallery", "queue", "log") if getattr(current, part) != getattr(self, part)}
+        plain = ("progress", "gallery", "queue", "log", "poll_s")
+        send = {part for part in plain if getattr(current, part) != getattr(self, part)}
         if current.charts != self.charts:
             # charts = (job id, status, number of points): a new job or status is never held back.
             urgent = current.charts[:2] != self.charts[:2] or not self.charts or self.charts[2] == 0
             if urgent or now - self.charts_at >= CHART_INTERVAL_S:
                 send.add("charts")
-        kept = {part: getattr(current if part in send else self, part) for part in ("progress", "charts", "gallery", "queue", "log")}
+        kept = {part: getattr(current if part in send else self, part) for part in (*plain, "charts")}
         return send, MonitorMemo(**kept, charts_at=now if "charts" in send else self.charts_at)
 
 
 def monitor_memo(job_id: str | None, state: str, view: RunView | None, queue: list[list[str]], log: str) -> MonitorMemo:
-    """The signature of what the monitor would show for this job, view, queue and log."""
+    """The signature of what the monitor would show for this job, view, queue (active jobs first) and log."""
     points = len(view.losses) if view else 0
     return MonitorMemo(
         progress=(job_id, state, view.step if view else 0, view.status if view else "", view.error if view else ""),
@@ -160,6 +164,7 @@ def monitor_memo(job_id: str | None, state: str, view: RunView | None, queue: li
         gallery=(job_id, len(view.previews) if view else 0),
         queue=tuple(map(tuple, queue)),
         log=log,
+        poll_s=ACTIVE_POLL_S if queue else IDLE_POLL_S,
     )
 
 

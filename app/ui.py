@@ -2,7 +2,7 @@
 
 This module only wires widgets to the pure parts (``config_form``, ``run_view``, ``datasets``, ``jobs``,
 ``trainer_calls``). State lives in one ``Studio`` object made by ``launch.py`` (no module globals), and
-the page polls it once a second with a ``gr.Timer``, so reloading the page or restarting the UI shows the
+the page polls it with a ``gr.Timer`` (every second while a job runs or waits, every 5 s otherwise), so reloading the page or restarting the UI shows the
 running job again: the job manager re-attaches, and the page reads the run folder, never memory.
 """
 
@@ -29,6 +29,7 @@ from app.config_form import (
 from app.datasets import DatasetStore
 from app.jobs import JobManager
 from app.run_view import (
+    ACTIVE_POLL_S,
     MonitorMemo,
     RunFollower,
     RunView,
@@ -346,13 +347,13 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
                     up = gr.Button("Move up", size="sm")
                     down = gr.Button("Move down", size="sm")
                     remove = gr.Button("Remove from queue", size="sm")
-    timer = gr.Timer(1.0)
+    timer = gr.Timer(ACTIVE_POLL_S)  # the first poll sets the pace: slower while nothing runs
     seen = gr.State(None)
 
     def do_start(*values):
         cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
         if problems:
-            return "**Fix these before starting:**\n" + "\n".join(f"- {p}" for p in problems)
+            return "**Fix these before starting:**\n" + "\n".join(f"- {p}" for p in problems), gr.skip()
         name = unique_run_name(studio.settings.runs_dir, cfg.run.name, studio.reserved_names())
         renamed = f" (as **{name}**: `{cfg.run.name}` already exists)" if name != cfg.run.name else ""
         cfg.run.name = name
@@ -361,8 +362,8 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
         job = studio.jobs.get(job.id)
         if job.state == "queued":
             position = [j.id for j in studio.jobs.queued()].index(job.id) + 1
-            return f"Queued **{name}**{renamed}: position {position}; it starts when the running job ends."
-        return f"Started **{name}**{renamed}."
+            return f"Queued **{name}**{renamed}: position {position}; it starts when the running job ends.", gr.skip()
+        return f"Started **{name}**{renamed}.", gr.Timer(ACTIVE_POLL_S)  # follow it from the next second
 
     def do_stop():
         job = studio.jobs.current()
@@ -427,6 +428,7 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
             part("queue", lambda: gr.update(choices=queued_ids, value=picked if picked in queued_ids else (queued_ids or [None])[0])),
             gr.skip(),
             memo,
+            part("poll_s", lambda: gr.Timer(memo.poll_s)),
         ]
 
     def queue_action(kind: str):
@@ -443,14 +445,14 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
             return f"Moved {job_id} {kind}."
         return handler
 
-    start.click(do_start, widgets, start_message)
+    start.click(do_start, widgets, [start_message, timer])
     stop.click(do_stop, None, start_message)
     apply_preset_button.click(do_preset, [preset, *widgets], [*widgets, start_message])
     save_config.click(do_save_config, widgets, save_config)
     load_config.upload(do_load_config, load_config, [*widgets, start_message])
     timer.tick(
         refresh, [seen, queued_pick],
-        [progress, outcome, loss_plot, lr_plot, previews, queue_table, log_tail, queued_pick, start_message, seen],
+        [progress, outcome, loss_plot, lr_plot, previews, queue_table, log_tail, queued_pick, start_message, seen, timer],
         show_progress="hidden",  # no loading overlay flashing over the charts every second
     )
     up.click(queue_action("up"), queued_pick, start_message)

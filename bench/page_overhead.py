@@ -30,8 +30,11 @@ from bench.readme_to_adapter import CHROMIUM_ARGS  # noqa: E402  (the repo root 
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (not its children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of one process (not its children), from /proc; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -90,10 +93,11 @@ def page_run(tmp: Path, steps: int | None, chromium: str) -> tuple[Path, float, 
             browser_before = sum(cpu_seconds(p) for p in browser_pids)
             page.locator("#start-btn").click()
             page.wait_for_function(
-                "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=1_800_000
+                "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=1_800_000,
+                polling=500,  # twice a second, not every animation frame
             )
             ui_cpu = cpu_seconds(ui.pid) - ui_before
-            browser_cpu = sum(cpu_seconds(p) for p in browser_pids if Path(f"/proc/{p}").exists()) - browser_before
+            browser_cpu = sum(cpu_seconds(p) for p in browser_pids) - browser_before
             browser.close()
     finally:
         os.killpg(ui.pid, 15)

@@ -20,7 +20,9 @@ from app.config_form import (
     values_to_config,
 )
 from app.run_view import (
+    ACTIVE_POLL_S,
     CHART_INTERVAL_S,
+    IDLE_POLL_S,
     MonitorMemo,
     RunFollower,
     RunView,
@@ -158,7 +160,8 @@ def test_monitor_resends_only_what_changed_and_throttles_the_charts():
         return memo.updates(monitor_memo("job1", "running", view, [["job1", "r", "running"]], log), now)
 
     sent, memo = seen(MonitorMemo(), 0.0)
-    assert sent == {"progress", "charts", "gallery", "queue"}  # first poll: everything (the log is still empty)
+    assert sent == {"progress", "charts", "gallery", "queue", "poll_s"}  # first poll: all (the log is still empty)
+    assert memo.poll_s == ACTIVE_POLL_S
     assert seen(memo, 0.5)[0] == set()  # nothing new: nothing re-sent
     view.step, view.losses = 2, [(1, 1.0), (2, 0.9)]
     sent, memo = seen(memo, 1.0, log="step 2")
@@ -170,7 +173,11 @@ def test_monitor_resends_only_what_changed_and_throttles_the_charts():
     sent, memo = seen(memo, CHART_INTERVAL_S + 0.2, log="step 2")
     assert "charts" in sent  # the end of a run is drawn at once, whatever the interval
     view.previews.append(object())
-    assert seen(memo, CHART_INTERVAL_S + 0.3, log="step 2")[0] == {"gallery"}
+    sent, memo = seen(memo, CHART_INTERVAL_S + 0.3, log="step 2")
+    assert sent == {"gallery"}
+    # Nothing running or queued any more: the page slows its polling, once.
+    sent, memo = memo.updates(monitor_memo("job1", "completed", view, [], "step 2"), CHART_INTERVAL_S + 1)
+    assert sent == {"progress", "queue", "poll_s"} and memo.poll_s == IDLE_POLL_S
 
 
 def test_loss_rows_have_raw_and_smoothed_series():

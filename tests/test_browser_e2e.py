@@ -158,7 +158,7 @@ def test_upload_train_watch_download(ui_server, browser_page):
     # The progress bar moves, then a preview and the loss chart appear, then the run completes.
     page.wait_for_function(
         "() => { const p = document.querySelector('#run-progress'); return p && Number(p.dataset.step) > 0; }",
-        timeout=TRAIN_TIMEOUT_MS,
+        timeout=TRAIN_TIMEOUT_MS, polling=250,
     )
     _shot(page, "04-training")
     # Reloading the page re-attaches to the running job: the monitor shows it again, still moving.
@@ -168,7 +168,7 @@ def test_upload_train_watch_download(ui_server, browser_page):
     page.wait_for_function(
         "(before) => { const p = document.querySelector('#run-progress');"
         " return p && (Number(p.dataset.step) > before || p.dataset.status === 'completed'); }",
-        arg=step_before, timeout=TRAIN_TIMEOUT_MS,
+        arg=step_before, timeout=TRAIN_TIMEOUT_MS, polling=250,
     )
     _shot(page, "04b-reloaded")
     # ...and the form still holds the settings it was started with, not the first-start defaults.
@@ -177,7 +177,7 @@ def test_upload_train_watch_download(ui_server, browser_page):
     page.locator("#preview-gallery img").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     page.locator("#loss-plot canvas, #loss-plot svg").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
     page.wait_for_function(
-        "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=TRAIN_TIMEOUT_MS,
+        "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=TRAIN_TIMEOUT_MS, polling=250,
     )
     _shot(page, "05-completed")
 
