@@ -2,8 +2,9 @@
 
 This module only wires widgets to the pure parts (``config_form``, ``run_view``, ``datasets``, ``jobs``,
 ``trainer_calls``). State lives in one ``Studio`` object made by ``launch.py`` (no module globals), and
-the page polls it with a ``gr.Timer`` (every second while a job runs or waits, every 5 s otherwise), so reloading the page or restarting the UI shows the
-running job again: the job manager re-attaches, and the page reads the run folder, never memory.
+the page polls it with a ``gr.Timer`` (every second while a job runs or waits, every 5 s otherwise), so
+reloading the page or restarting the UI shows the running job again: the job manager re-attaches, and
+the page reads the run folder, never memory.
 """
 
 from __future__ import annotations
