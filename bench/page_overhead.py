@@ -15,18 +15,21 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.readme_to_adapter import CHROMIUM_ARGS  # noqa: E402  (the repo root must be importable first)
+from bench.page_driver import (  # noqa: E402  (the repo root must be importable first)
+    CHROMIUM_ARGS,
+    free_port,
+    open_train_tab,
+    start_and_wait_for_completion,
+    wait_until_up,
+)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,26 +67,19 @@ def page_run(tmp: Path, steps: int | None, chromium: str) -> tuple[Path, float, 
     """Start the page's default run from headless Chromium; its run dir, wall time, UI and browser CPU-s."""
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
+    log = tmp / "ui.log"
     ui = subprocess.Popen(
         [sys.executable, "launch.py", "--port", str(port), "--runs-dir", str(tmp / "runs"), "--data-dir", str(tmp / "data")],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(url, timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_until_up(url, ui, lambda: log.read_text()[-3000:])
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            page.get_by_role("tab", name="2 · Train").click()
+            open_train_tab(page, url)
             if steps:
                 box = page.locator("#cfg-training-max_steps input").first
                 box.fill(str(steps))
@@ -91,11 +87,7 @@ def page_run(tmp: Path, steps: int | None, chromium: str) -> tuple[Path, float, 
             browser_pids = [p for p in descendants(os.getpid()) if p != ui.pid and p not in descendants(ui.pid)]
             ui_before = cpu_seconds(ui.pid)
             browser_before = sum(cpu_seconds(p) for p in browser_pids)
-            page.locator("#start-btn").click()
-            page.wait_for_function(
-                "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=1_800_000,
-                polling=500,  # twice a second, not every animation frame
-            )
+            start_and_wait_for_completion(page)
             ui_cpu = cpu_seconds(ui.pid) - ui_before
             browser_cpu = sum(cpu_seconds(p) for p in browser_pids) - browser_before
             browser.close()

@@ -14,19 +14,22 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+sys.path.insert(0, str(REPO))
+
+from bench.page_driver import (  # noqa: E402  (the repo root must be importable first)
+    CHROMIUM_ARGS,
+    free_port,
+    open_train_tab,
+    start_and_wait_for_completion,
+    wait_until_up,
+)
 
 
 def readme_start_line() -> str:
@@ -43,9 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     line = readme_start_line().replace("python launch.py", f"python launch.py --port {port}")
     with tempfile.TemporaryDirectory() as tmp:
         clone = Path(tmp) / "lora-studio"
@@ -61,25 +62,13 @@ def main() -> None:
                                   start_new_session=True)
         url = f"http://127.0.0.1:{port}/"
         try:
-            while True:
-                if server.poll() is not None:
-                    raise SystemExit(f"the README line failed:\n{(Path(tmp) / 'ui.log').read_text()[-3000:]}")
-                try:
-                    urllib.request.urlopen(url, timeout=2).close()
-                    break
-                except OSError:
-                    time.sleep(1)
+            wait_until_up(url, server, lambda: (Path(tmp) / "ui.log").read_text()[-3000:])
             t_ui = time.monotonic()
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-                page.goto(url)
-                page.get_by_role("tab", name="2 · Train").click()
-                page.locator("#start-btn").click()
-                page.wait_for_function(
-                    "() => document.querySelector('#run-progress')?.dataset.status === 'completed'", timeout=900_000,
-                    polling=500,  # twice a second, not every animation frame
-                )
+                open_train_tab(page, url)
+                start_and_wait_for_completion(page)
                 t_trained = time.monotonic()
                 page.get_by_role("tab", name="3 · Runs").click()
                 page.locator("#download-kohya").wait_for(state="visible")
