@@ -40,6 +40,9 @@ def test_generate_reuse_and_train_with_class_images(tmp_path):
     assert all(p.is_file() and p.with_suffix(".txt").read_text() == "a photo of a dog\n" for p in made.generated)
     again = ensure_class_images(model, cfg, device="cpu")
     assert again.generated == [] and again.reused == made.generated, "same settings reuse the cached images"
+    made.generated[1].with_suffix(".txt").unlink()  # what a writer killed between image and caption left
+    repaired = ensure_class_images(model, cfg, device="cpu")
+    assert repaired.generated == [made.generated[1]], "an image without its caption is made again, never trusted"
 
     ds = build_train_dataset(cfg.dataset, seed=0)
     assert len(ds) == 6

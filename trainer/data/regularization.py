@@ -49,8 +49,10 @@ def ensure_class_images(model: Any, cfg: Config, *, device: Any = None,
 
     paths = class_image_paths(cfg)
     result = ClassImages(Path(cfg.dataset.reg_path))
-    todo = [(i, p) for i, p in enumerate(paths) if not p.is_file()]
-    result.reused = [p for p in paths if p.is_file()]
+    # An image is complete with its caption; each is written atomically, the caption first, so a writer
+    # killed between the two leaves a caption without an image, which is made again (never an uncaptioned image).
+    todo = [(i, p) for i, p in enumerate(paths) if not (p.is_file() and p.with_suffix(".txt").is_file())]
+    result.reused = [p for i, p in enumerate(paths) if (i, p) not in todo]
     if not todo:
         return result
     device = torch.device(device) if device is not None else next(model.unet.parameters()).device
@@ -62,8 +64,8 @@ def ensure_class_images(model: Any, cfg: Config, *, device: Any = None,
             image = pipe(prompt, negative_prompt=smp.negative_prompt or None, num_inference_steps=smp.steps,
                          guidance_scale=smp.guidance_scale, width=res, height=res,
                          generator=latent_generator(seed)).images[0]
-            save_png(image, path, {"prompt": prompt, "seed": seed, "base": cfg.model.base})
             write_text(path.with_suffix(".txt"), prompt + "\n")
+            save_png(image, path, {"prompt": prompt, "seed": seed, "base": cfg.model.base})
             result.generated.append(path)
             if on_progress:
                 on_progress(done, len(todo))

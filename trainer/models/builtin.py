@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer.atomic import atomic_dir
+from trainer.cache_folder import CacheFolder
 
 BUILTIN_VERSION = "1"
 VARIANTS = {"builtin:tiny-sd": "epsilon", "builtin:tiny-sd-v": "v_prediction"}
@@ -29,20 +29,26 @@ def cache_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lora-studio"
 
 
-def builtin_model_path(name: str) -> Path:
-    """Path to the diffusers folder of a builtin model, building it on first use."""
+def builtin_cache(name: str) -> CacheFolder:
+    """The cache entry of a builtin model: its folder, and how to build it (see ``trainer.cache_folder``)."""
     if name not in BUILTINS:
         raise ValueError(f"unknown builtin model {name!r}; builtins: {', '.join(BUILTINS)}")
     folder = cache_root() / "builtin" / f"{name.split(':', 1)[1]}-v{BUILTIN_VERSION}"
-    if not (folder / "model_index.json").is_file():
-        with atomic_dir(folder) as tmp:
-            if name in SDXL_VARIANTS:
-                from trainer.models.builtin_sdxl import build_tiny_sdxl  # noqa: PLC0415
 
-                build_tiny_sdxl(Path(tmp), prediction_type=SDXL_VARIANTS[name])
-            else:
-                build_tiny_sd(tmp, prediction_type=VARIANTS[name])
-    return folder
+    def build(tmp: Path) -> None:
+        if name in SDXL_VARIANTS:
+            from trainer.models.builtin_sdxl import build_tiny_sdxl  # noqa: PLC0415
+
+            build_tiny_sdxl(tmp, prediction_type=SDXL_VARIANTS[name])
+        else:
+            build_tiny_sd(tmp, prediction_type=VARIANTS[name])
+
+    return CacheFolder(folder, f"builtin model {name}", build)
+
+
+def builtin_model_path(name: str) -> Path:
+    """Path to the diffusers folder of a builtin model, complete: built (or repaired) on first use."""
+    return builtin_cache(name).ensure()
 
 
 def _bytes_to_unicode() -> dict[int, str]:
