@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lora-studio: refusing to start: {problem}", file=sys.stderr)
         return 2
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local tool
-    from app.ui import CSS, build_ui
+    from app.ui import CSS, THEME, build_ui
 
     studio = build_studio(args)
     studio.jobs.start_background()
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         page.queue(default_concurrency_limit=4).launch(
             server_name=args.host, server_port=args.port, share=args.share, auth=auth,
             allowed_paths=[str(studio.settings.runs_dir), str(studio.settings.data_dir)],
-            css=CSS, footer_links=[], show_error=True,
+            css=CSS, theme=THEME, footer_links=[], show_error=True,
             quiet=True, prevent_thread_lock=True,  # our own lines below: Gradio's talk of `launch(share=True)` misleads here
         )
         print(f"lora-studio: open {page.local_url} in a browser (Ctrl+C stops the page; a running training "

@@ -11,8 +11,9 @@ Rules the UI relies on:
 - Names never escape their folder: loose uploads keep only their base name; zip members keep at most
   one ``N_name class`` folder (other folders are flattened into the dataset's main folder, because the
   trainer ignores them); absolute paths, ``..`` and links in zips are rejected.
-- Images are checked with the trainer's own ``probe_image`` (a full decode), so what the store accepts
-  is what training can read. Captions go through the trainer's ``read_caption`` and are stored as UTF-8.
+- Images are checked with the trainer's own ``probe_image`` (a full decode) and ``unusable_reason``
+  (animated files), so what the store accepts is what training can read and will use. Captions go
+  through the trainer's ``read_caption`` and are stored as UTF-8.
 - Writes are atomic (temporary file in the same folder, then ``os.replace``); methods are thread-safe.
 """
 
@@ -52,6 +53,7 @@ from trainer.data.images import (
     UNSUPPORTED_IMAGE_EXTENSIONS,
     ImageReadError,
     probe_image,
+    unusable_reason,
     upright_size,
 )
 from trainer.data.scan import kohya_folder
@@ -350,9 +352,9 @@ class DatasetStore:
             if ";" not in reason:
                 reason += "; upload a complete copy or re-export it as PNG or JPEG"
             raise _Reject(reason) from None
-        if info.frames > 1:
-            raise _Reject(f"animated ({info.frames} frames); training would use only the first frame, "
-                          "so export that frame as PNG and upload it")
+        reason = unusable_reason(info)  # the trainer's own rule, so upload and training agree
+        if reason:
+            raise _Reject(reason)
         if info.width < self.min_side or info.height < self.min_side:
             raise _Reject(f"too small ({info.width}×{info.height} px; at least {self.min_side} px per side); "
                           "use a larger original")

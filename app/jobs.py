@@ -111,16 +111,16 @@ class Job:
 
 
 def describe_exit(exit_code: int) -> str:
-    """A human reading of an exit code: signals by name, SIGKILL with the likeliest cause."""
+    """A human reading of an exit code: signals by name, SIGKILL with its two usual causes."""
     signum = -exit_code if exit_code < 0 else exit_code - 128 if exit_code > 128 else 0
     try:
         name = signal.Signals(signum).name if signum else ""
     except ValueError:
         name = ""
     if signum == signal.SIGKILL:
-        return f"exit code {exit_code} (killed: out of memory?)"
+        return f"killed by SIGKILL (exit {exit_code}: out of memory, or kill -9)"
     if name:
-        return f"exit code {exit_code} (killed by {name})"
+        return f"killed by {name} (exit {exit_code})"
     if exit_code == NOT_STARTED:
         return f"exit code {exit_code} (the trainer command could not be started)"
     return f"exit code {exit_code}"

@@ -51,6 +51,7 @@ class RunView:
     warnings: list[str] = field(default_factory=list)
     error: str = ""
     started: float | None = None
+    last_started: float | None = None  # the latest session's `started` (a resumed run has several)
     ended: float | None = None
     base_model: str = ""
     dataset_report: dict[str, Any] | None = None
@@ -62,6 +63,7 @@ class RunView:
             self.total_steps = int(event.get("total_steps") or 0)
             self.step = int(event.get("resumed_from_step") or 0)
             self.started = self.started or event.get("time")
+            self.last_started = event.get("time")
             self.base_model = str(event.get("base_model", ""))
             self.error, self.ended = "", None
         elif kind == "dataset":
@@ -140,11 +142,12 @@ class MonitorMemo:
     gallery: tuple = ()
     queue: tuple = ()
     log: str = ""
+    outcome: str = ""  # the last finished job's outcome, as shown
     poll_s: float = 0.0  # the page's polling interval
 
     def updates(self, current: MonitorMemo, now: float) -> tuple[set[str], MonitorMemo]:
         """The parts of ``current`` to send, and the memo that remembers having sent them."""
-        plain = ("progress", "gallery", "queue", "log", "poll_s")
+        plain = ("progress", "gallery", "queue", "log", "outcome", "poll_s")
         send = {part for part in plain if getattr(current, part) != getattr(self, part)}
         if current.charts != self.charts:
             # charts = (job id, status, number of points): a new job or status is never held back.
@@ -155,8 +158,10 @@ class MonitorMemo:
         return send, MonitorMemo(**kept, charts_at=now if "charts" in send else self.charts_at)
 
 
-def monitor_memo(job_id: str | None, state: str, view: RunView | None, queue: list[list[str]], log: str) -> MonitorMemo:
-    """The signature of what the monitor would show for this job, view, queue (active jobs first) and log."""
+def monitor_memo(
+    job_id: str | None, state: str, view: RunView | None, queue: list[list[str]], log: str, outcome: str = ""
+) -> MonitorMemo:
+    """The signature of what the monitor would show for this job, view, queue (active jobs first), log and outcome."""
     points = len(view.losses) if view else 0
     return MonitorMemo(
         progress=(job_id, state, view.step if view else 0, view.status if view else "", view.error if view else ""),
@@ -164,6 +169,7 @@ def monitor_memo(job_id: str | None, state: str, view: RunView | None, queue: li
         gallery=(job_id, len(view.previews) if view else 0),
         queue=tuple(map(tuple, queue)),
         log=log,
+        outcome=outcome,
         poll_s=ACTIVE_POLL_S if queue else IDLE_POLL_S,
     )
 
@@ -244,19 +250,3 @@ def gallery_items(view: RunView) -> list[tuple[str, str]]:
     """Newest previews first, each captioned with its step and prompt."""
     return [(str(p.path), p.caption) for p in reversed(view.previews) if p.path.exists()]
 
-
-def status_markdown(view: RunView | None, job: Any | None = None) -> str:
-    """A short outcome line: done with its adapter, stopped, or failed with the reason and what to do."""
-    if job is not None and getattr(job, "state", "") in ("failed", "died"):
-        return f"**{job.name} {job.state}.** {job.message}"
-    if view is None:
-        return ""
-    if view.status == "completed":
-        verified = [a for a in view.adapters if a.get("verified")]
-        check = " Exported adapter verified in diffusers." if verified else ""
-        return f"**{view.run_dir.name} finished** at step {view.step}.{check} Download it under *Runs*."
-    if view.status == "stopped":
-        return f"**{view.run_dir.name} stopped** at step {view.step}; the adapter so far was saved."
-    if view.status == "failed":
-        return f"**{view.run_dir.name} failed** at step {view.step}: {view.error}"
-    return ""

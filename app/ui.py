@@ -9,6 +9,7 @@ the page reads the run folder, never memory.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,15 @@ from app.config_form import (
 )
 from app.datasets import DatasetStore
 from app.jobs import JobManager
+from app.run_status import (
+    OUTCOME_LOG_LINES,
+    RunStatus,
+    job_describes_run,
+    job_status,
+    outcome_html,
+    run_info_html,
+    run_status,
+)
 from app.run_view import (
     ACTIVE_POLL_S,
     MonitorMemo,
@@ -40,11 +50,12 @@ from app.run_view import (
     lr_rows,
     monitor_memo,
     progress_html,
-    status_markdown,
 )
+from app.start_check import problems_markdown, start_check
 from app.trainer_calls import auto_caption, dataset_report, try_adapter
 from trainer.atomic import write_text
 from trainer.config import BUILTIN_MODELS, PRESETS, Config, section_doc
+from trainer.run_lock import lock_holder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATASET = "sample_data"
@@ -64,8 +75,20 @@ CSS = """
 .ls-progress.failed .ls-progress-fill, .ls-progress.died .ls-progress-fill { background: #d9534f; }
 .ls-progress.completed .ls-progress-fill { background: #3c9a5f; }
 #start-message { min-height: 1.5em; }
+#start-message .ls-start-error, #start-message .ls-start-error * { color: #d9534f !important; }
+#start-message .ls-start-warning, #start-message .ls-start-warning * { color: #b7791f !important; }
 #monitor { position: sticky; top: 8px; align-self: flex-start; }
+.ls-outcome { padding: 4px 0 4px 10px; border-left: 4px solid var(--neutral-300); margin: 4px 0; }
+.ls-outcome.completed { border-left-color: #3c9a5f; }
+.ls-outcome.failed { border-left-color: #d9534f; color: #b42318; }
+.ls-problems, .ls-bad { color: #b42318; font-weight: 600; }
+.ls-log { font-size: 0.8em; max-height: 14em; overflow: auto; white-space: pre-wrap; color: var(--body-text-color); }
 """
+# Fonts that Gradio serves itself, then the system's: the page loads nothing from the internet.
+THEME = gr.themes.Default(
+    font=[gr.themes.LocalFont("Source Sans Pro"), "ui-sans-serif", "system-ui", "sans-serif"],
+    font_mono=[gr.themes.LocalFont("IBM Plex Mono"), "ui-monospace", "Consolas", "monospace"],
+)
 
 
 @dataclass
@@ -136,6 +159,44 @@ class Studio:
             return current
         return next((job for job in self.jobs.jobs() if job.started is not None), None)
 
+    def last_finished_job(self) -> Any | None:
+        """The job that ended last (a cancelled one never ran): the monitor keeps its outcome in view."""
+        ended = [job for job in self.jobs.jobs() if job.final and job.started is not None]
+        return max(ended, key=lambda job: (job.ended or 0.0, job.id), default=None)
+
+    def last_outcome_html(self) -> str:
+        """The last finished job's outcome box; a failure comes with its exit code and the log's last lines."""
+        job = self.last_finished_job()
+        if job is None:
+            return ""
+        view = self.follower(job.run_dir).poll()
+        status = job_status(view, job)
+        log = self.jobs.log_tail(job.id, OUTCOME_LOG_LINES) if status.failed else ""
+        return outcome_html(job.name, view, status, log)
+
+    def runs(self) -> list[tuple[Path, RunView, RunStatus]]:
+        """Every run folder, newest first, with its events read and its status from all sources."""
+        newest_job: dict[Path, Any] = {}
+        for job in self.jobs.jobs():  # newest first: the first started job per folder speaks for it
+            if job.started is not None:
+                newest_job.setdefault(job.run_dir.resolve(), job)
+        result = []
+        for run_dir in self.run_dirs():
+            view = load_view(run_dir)
+            result.append((run_dir, view, self._status(run_dir, view, newest_job.get(run_dir.resolve()))))
+        return result
+
+    def run_status_of(self, run_dir: Path) -> tuple[RunView, RunStatus]:
+        view = load_view(run_dir)
+        target = run_dir.resolve()
+        job = next((j for j in self.jobs.jobs() if j.started is not None and j.run_dir.resolve() == target), None)
+        return view, self._status(run_dir, view, job)
+
+    def _status(self, run_dir: Path, view: RunView, job: Any | None) -> RunStatus:
+        # Probe the lock only where nothing else can tell (no job record, no `finished` event).
+        unexplained = (job is None or not job_describes_run(job, view)) and view.status in ("waiting", "running")
+        return run_status(view, job, lock_holder(run_dir) if unexplained else None)
+
     def reserved_names(self) -> set[str]:
         return {job.name for job in self.jobs.jobs()}
 
@@ -152,7 +213,7 @@ class Studio:
 
 def build_ui(studio: Studio) -> gr.Blocks:
     fields = form_fields()
-    with gr.Blocks(title="lora-studio") as page:
+    with gr.Blocks(title="lora-studio", analytics_enabled=False) as page:
         gr.Markdown(
             "# lora-studio\nDrop in a few images, press **Start training**, watch it learn, download a "
             "`.safetensors` LoRA for diffusers, ComfyUI and AUTOMATIC1111. "
@@ -172,14 +233,18 @@ def build_ui(studio: Studio) -> gr.Blocks:
         )
         # A reloaded page (or a restarted UI) shows what is on disk now, not what was there at build time:
         # the datasets, and in the form the settings of the newest job with its dataset selected.
+        # The form's values reach the browser in a hidden box first; a browser-side step then fills only
+        # the fields still as the page was served, so what someone typed while the page opened is kept.
+        loaded_form = gr.JSON(visible=False)
+
         def on_open(current: str | None):
             cfg = studio.form_config()
-            return [*config_to_values(cfg), *dataset_widgets["on_load"](studio.dataset_name_of(cfg.dataset.path) or current)]
+            return [config_to_values(cfg), *dataset_widgets["on_load"](studio.dataset_name_of(cfg.dataset.path) or current)]
 
         page.load(
             on_open, dataset_widgets["select"],
-            [*widgets, dataset_widgets["select"], dataset_widgets["gallery"], dataset_widgets["table"]],
-        )
+            [loaded_form, dataset_widgets["select"], dataset_widgets["gallery"], dataset_widgets["table"]],
+        ).then(None, [loaded_form, *widgets], widgets, js=keep_edits_js([widget.value for widget in widgets]))
         page.load(list_runs, runs_inputs, runs_outputs)
         runs_tab.select(list_runs, runs_inputs, runs_outputs)
     return page
@@ -187,6 +252,23 @@ def build_ui(studio: Studio) -> gr.Blocks:
 
 def fields_index(fields: list, key: str) -> int:
     return next(i for i, f in enumerate(fields) if f.key == key)
+
+
+def keep_edits_js(served: list[Any]) -> str:
+    """Browser-side merge of the form on page open: loaded values go only where the user has not typed.
+
+    Filling the form straight from the page's load event raced the user: its answer arrived after the
+    first keystrokes and replaced them (then a job started with the previous job's name). Here a field
+    still equal to what the page was served with takes the loaded value; any other field keeps what
+    was typed. Runs in the browser in one go, so no keystroke can fall between the check and the write.
+    """
+    return f"""(loaded, ...current) => {{
+        const served = {json.dumps(served)};
+        if (!Array.isArray(loaded)) return current;
+        const same = (a, b) => (a ?? "") === (b ?? "") || (typeof a !== "boolean" && a !== "" && b !== ""
+            && a !== null && b !== null && Number(a) === Number(b));
+        return current.map((value, i) => (same(value, served[i]) ? loaded[i] : value));
+    }}"""
 
 
 def _dataset_tab(studio: Studio) -> dict[str, Any]:
@@ -334,7 +416,7 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
             start_message = gr.Markdown(elem_id="start-message")
             progress = gr.HTML(progress_html(None), elem_id="progress-box")
-            outcome = gr.Markdown(elem_id="run-outcome")
+            outcome = gr.HTML(elem_id="run-outcome")  # the last finished job: stays while the next one runs
             loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss (raw and smoothed)",
                                     elem_id="loss-plot", height=240)
             lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", elem_id="lr-plot", height=160)
@@ -354,17 +436,21 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
     def do_start(*values):
         cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
         if problems:
-            return "**Fix these before starting:**\n" + "\n".join(f"- {p}" for p in problems), gr.skip()
+            return problems_markdown(problems), gr.skip()
         name = unique_run_name(studio.settings.runs_dir, cfg.run.name, studio.reserved_names())
         renamed = f" (as **{name}**: `{cfg.run.name}` already exists)" if name != cfg.run.name else ""
         cfg.run.name = name
+        check = start_check(cfg)  # pre-flight, in this process: refused here, nothing is queued or created
+        if not check.ok:
+            return check.message, gr.skip()
+        warnings = f"\n\n{check.message}" if check.message else ""
         job = studio.jobs.submit(config_to_toml_text(cfg), name)
         studio.jobs.tick()
         job = studio.jobs.get(job.id)
         if job.state == "queued":
             position = [j.id for j in studio.jobs.queued()].index(job.id) + 1
-            return f"Queued **{name}**{renamed}: position {position}; it starts when the running job ends.", gr.skip()
-        return f"Started **{name}**{renamed}.", gr.Timer(ACTIVE_POLL_S)  # follow it from the next second
+            return f"Queued **{name}**{renamed}: position {position}; it starts when the running job ends.{warnings}", gr.skip()
+        return f"Started **{name}**{renamed}.{warnings}", gr.Timer(ACTIVE_POLL_S)  # follow it from the next second
 
     def do_stop():
         job = studio.jobs.current()
@@ -407,11 +493,16 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
         state = job.state if job else ""
         if job and job.state == "running" and view is not None and view.status == "waiting":
             state = "waiting"
+        elif job and view is not None and job.final:
+            state = job_status(view, job).state  # e.g. "failed" for a completed run whose export check failed
         queued = studio.jobs.queued()
         current = studio.jobs.current()
         queue = [[j.id, j.name, j.state] for j in ([current] if current else []) + queued]
         log = studio.jobs.log_tail(job.id, 40) if job else ""
-        send, memo = (last or MonitorMemo()).updates(monitor_memo(job.id if job else None, state, view, queue, log), time.monotonic())
+        outcome = studio.last_outcome_html()
+        send, memo = (last or MonitorMemo()).updates(
+            monitor_memo(job.id if job else None, state, view, queue, log, outcome), time.monotonic()
+        )
         queued_ids = [j.id for j in queued]
 
         def part(name: str, make: Any) -> Any:
@@ -419,7 +510,7 @@ def _train_tab(studio: Studio, fields: list) -> list[Any]:
 
         return [
             part("progress", lambda: progress_html(view, state) if job else progress_html(None)),
-            part("progress", lambda: status_markdown(view, job)),
+            part("outcome", lambda: outcome),
             part("charts", lambda: pd.DataFrame(loss_rows(view)) if view and view.losses else None),
             part("charts", lambda: pd.DataFrame(lr_rows(view)) if view and view.lrs else None),
             part("gallery", lambda: gallery_items(view) if view else []),
@@ -500,17 +591,34 @@ def _widget(field: Any, value: Any) -> Any:
     return gr.Textbox(value=value, **common)
 
 
+RUNS_COLUMNS = ["run", "status", "steps", "final loss", "started", "base model"]
+
+
+def runs_table(runs: list[tuple[Path, RunView, RunStatus]]) -> Any:
+    """The Runs tab's table (a pandas Styler): one row a run, a failed run's status in red."""
+    rows = []
+    for run_dir, view, status in runs:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(view.started)) if view.started else ""
+        loss = f"{view.final_loss:.4f}" if view.final_loss is not None else ""
+        rows.append([run_dir.name, status.label, f"{view.step}/{view.total_steps}", loss, started, view.base_model])
+    frame = pd.DataFrame(rows, columns=RUNS_COLUMNS)
+    red = [status.failed for _, _, status in runs]
+    return frame.style.apply(
+        lambda column: ["color: #b42318; font-weight: 600" if bad else "" for bad in red], subset=["status"]
+    )
+
+
 def _runs_tab(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
     refresh = gr.Button("Refresh", elem_id="runs-refresh")
     table = gr.Dataframe(
-        headers=["run", "status", "steps", "final loss", "started", "base model"], interactive=False, elem_id="runs-table",
+        headers=RUNS_COLUMNS, interactive=False, elem_id="runs-table",
     )
     pick = gr.Dropdown([], label="Run", elem_id="run-pick")
     with gr.Row():
         kohya = gr.DownloadButton("Adapter (kohya: ComfyUI / A1111 / diffusers)", elem_id="download-kohya", visible=False)
         diffusers = gr.DownloadButton("Adapter (diffusers / PEFT)", elem_id="download-diffusers", visible=False)
         config = gr.DownloadButton("Config (TOML)", elem_id="download-config", visible=False)
-    run_info = gr.Markdown(elem_id="run-info")
+    run_info = gr.HTML(elem_id="run-info")
     with gr.Accordion("Try it: base vs. adapted, same seed", open=True):
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", value="sks", scale=3, elem_id="try-prompt")
@@ -522,15 +630,9 @@ def _runs_tab(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
         try_message = gr.Markdown()
 
     def list_runs():
-        rows, names = [], []
-        for run_dir in studio.run_dirs():
-            view = load_view(run_dir)
-            started = time.strftime("%Y-%m-%d %H:%M", time.localtime(view.started)) if view.started else ""
-            loss = f"{view.final_loss:.4f}" if view.final_loss is not None else ""
-            rows.append([run_dir.name, view.status, f"{view.step}/{view.total_steps}", loss, started, view.base_model])
-            names.append(run_dir.name)
-        frame = pd.DataFrame(rows, columns=["run", "status", "steps", "final loss", "started", "base model"])
-        return frame, gr.update(choices=names, value=names[0] if names else None)
+        runs = studio.runs()
+        names = [run_dir.name for run_dir, _, _ in runs]
+        return runs_table(runs), gr.update(choices=names, value=names[0] if names else None)
 
     def list_and_choose(current: str | None):
         """The table, and the downloads of the picked run refreshed too (its adapter may be new since)."""
@@ -543,22 +645,14 @@ def _runs_tab(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
         if not name:
             return gr.update(visible=False), gr.update(visible=False), gr.update(visible=False), ""
         run_dir = studio.settings.runs_dir / name
-        view = load_view(run_dir)
+        view, status = studio.run_status_of(run_dir)
         k, d = view.adapter_path("kohya"), view.adapter_path("diffusers")
         cfg_file = run_dir / "config.toml"
-        info = [f"**{name}** — {view.status}, step {view.step}/{view.total_steps}."]
-        if view.error:
-            info.append(f"Error: {view.error}")
-        for event in view.adapters:
-            check = {True: "verified in diffusers", False: "verification FAILED", None: "not verified"}[event.get("verified")]
-            info.append(f"- `{event['path']}` ({event.get('format')}, {check})")
-        if not k and not d:
-            info.append("No adapter exported yet.")
         return (
             gr.update(value=str(k), visible=True) if k else gr.update(visible=False),
             gr.update(value=str(d), visible=True) if d else gr.update(visible=False),
             gr.update(value=str(cfg_file), visible=True) if cfg_file.exists() else gr.update(visible=False),
-            "\n".join(info),
+            run_info_html(name, view, status, adapter_found=bool(k or d)),
         )
 
     def do_try(name: str | None, text: str, seed_value: float, strength_value: float, steps_value: float):

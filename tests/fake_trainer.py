@@ -8,6 +8,9 @@ behaviour:
   (a ``finished``/``failed`` event, exit 1), ``ignore_stop`` (ignores STOP and SIGTERM/SIGINT), ``hang``
   (stops emitting after ``started``; SIGTERM kills it the default way)
 - ``steps`` (5), ``step_seconds`` (0.05)
+- ``export_check``: ``failed`` writes an ``export`` event whose self-check failed (``verified: false``
+  and its ``message``) before ``finished``/``completed`` and exit 0, as an engine that records a failed
+  check but still calls the run completed
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> int:
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "STOP").unlink(missing_ok=True)
+    (run_dir / "config.toml").write_text(args.config.read_text(encoding="utf-8"), encoding="utf-8")  # the UI lists folders by it
 
     signalled: list[str] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,6 +81,9 @@ def main() -> int:
         except RuntimeError:
             traceback.print_exc()
             return 3
+        if fake.get("export_check") == "failed":
+            events.emit("export", step=steps, path="fake.safetensors", format="kohya", verified=False,
+                        max_abs_diff=0.5, keys=4, message="fake: max |dW| difference 0.5 > tolerance 0.001")
         events.emit("finished", status="completed", step=steps, error=None, adapter=None)
         say(f"completed at step {steps}")
         return 0

@@ -173,8 +173,26 @@ def test_animated_and_decompression_bomb_rejected(tmp_path, store, monkeypatch):
     result = store.add_files(name, [upload_file(tmp_path, "anim.png", apng.read_bytes()),
                                     upload_file(tmp_path, "big.png", big)])
     found = reasons(result)
-    assert result.added == [] and found["anim.png"].startswith("animated (2 frames)")
+    assert result.added == [] and found["anim.png"].startswith("animated PNG (2 frames)")
     assert found["big.png"].startswith("too large") and "downscale" in found["big.png"]
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_animated_upload_gives_the_trainers_reason(tmp_path, store, fmt):
+    # The same 2-frame file the trainer's scan skips (tests/test_data_images.py): one rule, one reason.
+    name = store.create("x")
+    path = tmp_path / f"anim.{fmt.lower()}"
+    frames = [Image.new("RGB", (80, 80), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    result = store.add_files(name, [upload_file(tmp_path, path.name, path.read_bytes())])
+    found = reasons(result)
+    assert result.added == [] and store.items(name) == []
+    if fmt == "GIF":  # every .gif is refused by type before it is decoded; the reason still says why
+        assert found["anim.gif"].startswith("unsupported type .gif") and "animated" in found["anim.gif"]
+    else:
+        assert found["anim.webp"] == (
+            "animated WebP (2 frames): training uses single frames; export the frame you want as PNG"
+        )
 
 
 def test_conflicts_keep_original_unless_overwrite(tmp_path, store):

@@ -19,6 +19,7 @@ from app.config_form import (
     unique_run_name,
     values_to_config,
 )
+from app.run_status import outcome_html, run_status
 from app.run_view import (
     ACTIVE_POLL_S,
     CHART_INTERVAL_S,
@@ -31,7 +32,6 @@ from app.run_view import (
     monitor_memo,
     progress_html,
     smoothed,
-    status_markdown,
 )
 from trainer.config import Config, config_to_dict, field_infos, load_config
 
@@ -141,7 +141,8 @@ def test_follower_reads_events_incrementally_into_a_view(tmp_path):
     with open(run / "events.jsonl", "a") as handle:
         handle.write('leted", "step": 10, "time": 9.0}\n')
     view = follower.poll()
-    assert view.status == "completed" and view.step == 10 and "finished" in status_markdown(view)
+    assert view.status == "completed" and view.step == 10
+    assert "completed · step 10 / 10" in outcome_html("run", view, run_status(view))
 
 
 def test_failed_run_shows_its_error(tmp_path):
@@ -150,7 +151,8 @@ def test_failed_run_shows_its_error(tmp_path):
                         {"type": "finished", "time": 2.0, "status": "failed", "step": 0,
                          "error": "`dataset.path` folder not found: /x"}])
     view = RunFollower(run).poll()
-    assert "failed" in status_markdown(view) and "/x" in status_markdown(view)
+    shown = outcome_html("run", view, run_status(view))
+    assert "failed — `dataset.path` folder not found: /x" in shown and 'class="ls-outcome failed"' in shown
 
 
 def test_monitor_resends_only_what_changed_and_throttles_the_charts():

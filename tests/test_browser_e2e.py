@@ -206,3 +206,153 @@ def test_upload_train_watch_download(ui_server, browser_page):
     page.locator("#try-generate").click()
     page.wait_for_function("() => document.querySelectorAll('#try-gallery img').length >= 2", timeout=TRAIN_TIMEOUT_MS)
     _shot(page, "07-try-it")
+
+
+def test_bad_model_path_is_refused_beside_start(ui_server, browser_page):
+    """The pre-flight check on Start: a model path that does not exist is refused in red beside the button
+    within 2 s, and no job or run folder is created (it used to fail in the trainer ~40 s later)."""
+    url, tmp = ui_server
+    page = browser_page
+    page.goto(url)
+    page.get_by_role("tab", name="2 · Train").click()
+    missing = tmp / "no-such-model"
+    base = page.locator("#cfg-model-base input").first
+    base.fill(str(missing))
+    base.press("Enter")  # a custom value of the model dropdown is committed on Enter
+    page.locator("#cfg-run-name textarea, #cfg-run-name input").first.fill("refused-run")
+    clicked = time.monotonic()
+    page.locator("#start-btn").click()
+    error = page.locator("#start-message .ls-start-error")
+    error.wait_for(timeout=10_000)
+    elapsed = time.monotonic() - clicked
+    _shot(page, "10-refused-before-start")
+    text = error.inner_text()
+    assert "model.base" in text and str(missing) in text, text
+    colors = error.evaluate("e => [e, ...e.querySelectorAll('*')].map(c => getComputedStyle(c).color)")
+    assert set(colors) == {"rgb(217, 83, 79)"}, f"the refusal must be red, every line of it: {colors}"
+    assert elapsed < 2.0, f"Start took {elapsed:.2f} s to refuse a missing model"
+    runs = tmp / "runs"
+    assert [p.name for p in runs.iterdir() if not p.name.startswith(".")] == [], "a refused Start left a run folder"
+    assert not list((runs / ".jobs").glob("*/job.json")), "a refused Start queued a job"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust: the page says what the processes did, keeps what the user typed, and loads nothing remote.
+
+
+def _external_requests(page, url: str) -> list[str]:
+    """Every request the page makes to anywhere but the UI itself, collected from now on."""
+    origin = url.rstrip("/")
+    seen: list[str] = []
+    page.on("request", lambda request: None if request.url.startswith((origin, "data:", "blob:")) else seen.append(request.url))
+    return seen
+
+
+def _text_box(page, elem_id: str):
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+
+
+def _start(page, name: str, max_steps: int, expect: str) -> None:
+    _text_box(page, "cfg-run-name").fill(name)
+    _set_number(page, "cfg-training-max_steps", max_steps)
+    page.locator("#start-btn").click()
+    page.locator("#start-message").get_by_text(f"{expect} {name}").wait_for()
+
+
+def _job_record(tmp: Path, name: str) -> tuple[Path, dict]:
+    import json
+
+    for job_file in (tmp / "runs" / ".jobs").glob("*/job.json"):
+        record = json.loads(job_file.read_text())
+        if record["name"] == name:
+            return job_file.parent, record
+    raise AssertionError(f"no job record named {name}")
+
+
+def test_typing_while_the_page_opens_is_kept(ui_server, browser_page):
+    url, tmp = ui_server
+    page = browser_page
+    external = _external_requests(page, url)
+    page.goto(url)
+    page.get_by_role("tab", name="2 · Train").click()
+    _set_number(page, "cfg-sampling-every_n_steps", 0)
+    _start(page, "first", 3, "Started")  # the newest job: a reopened page brings its settings back
+
+    # Reopen the page and type at once. The page's own on-open answers are held back until the typing is
+    # done, as on a slow machine, so the test is deterministic rather than a race won 2 times in 4.
+    held: list = []
+
+    def hold(route) -> None:
+        if held and held[0] is None:  # released: let it through
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/queue/join*", hold)
+    page.reload()
+    page.get_by_role("tab", name="2 · Train").click()
+    _text_box(page, "cfg-run-name").fill("typed-while-opening")
+    deadline = time.monotonic() + 30
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the page sent no on-open request"
+    routes, held[:] = list(held), [None]
+    for route in routes:
+        route.continue_()
+    # The untouched field takes the newest job's value (so the answer has arrived); the typed one stays.
+    page.wait_for_function(
+        "() => document.querySelector('#cfg-training-max_steps input')?.value === '3'", timeout=30_000, polling=100
+    )
+    page.wait_for_timeout(1000)  # a late overwrite would land within this
+    _shot(page, "10-typed-while-opening")
+    assert _text_box(page, "cfg-run-name").input_value() == "typed-while-opening"
+    page.locator("#start-btn").click()
+    page.locator("#start-message").get_by_text("typed-while-opening").wait_for()
+    _, record = _job_record(tmp, "typed-while-opening")
+    assert record["state"] in ("queued", "running")
+    assert external == [], f"the page loaded assets from outside the UI: {external}"
+
+
+def test_killed_run_is_failed_in_runs_while_the_queued_job_runs(ui_server, browser_page):
+    import json
+    import signal
+
+    url, tmp = ui_server
+    page = browser_page
+    external = _external_requests(page, url)
+    page.goto(url)
+    page.get_by_role("tab", name="2 · Train").click()
+    _set_number(page, "cfg-sampling-every_n_steps", 0)
+    _start(page, "doomed", 200, "Started")
+    _start(page, "next-job", 20, "Queued")
+    page.wait_for_function(
+        "() => { const p = document.querySelector('#run-progress'); return p && Number(p.dataset.step) > 0; }",
+        timeout=TRAIN_TIMEOUT_MS, polling=250,
+    )
+    job_dir, _ = _job_record(tmp, "doomed")
+    os.kill(json.loads((job_dir / "runner.json").read_text())["trainer_pid"], signal.SIGKILL)
+
+    # The monitor moves on to the queued job and keeps the killed one's outcome beside it, in red.
+    page.wait_for_function(
+        "() => document.querySelector('#run-progress')?.innerText.includes('next-job')", timeout=60_000, polling=250
+    )
+    outcome = page.locator("#last-outcome")
+    outcome.wait_for(timeout=30_000)
+    assert outcome.get_attribute("data-run") == "doomed" and outcome.get_attribute("data-state") == "failed"
+    assert "failed — killed by SIGKILL (exit -9" in outcome.inner_text()
+    assert "ls-outcome failed" in outcome.get_attribute("class")
+    _shot(page, "11-killed-monitor")
+
+    # Runs: the dead run is failed with its exit code (not "running" forever), in red.
+    page.get_by_role("tab", name="3 · Runs").click()
+    page.locator("#runs-refresh").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#runs-table tr')].some(r => r.innerText.includes('doomed')"
+        " && r.innerText.includes('failed — killed by SIGKILL (exit -9'))", timeout=30_000, polling=250,
+    )
+    cell = page.locator("#runs-table td").filter(has_text="failed — killed by SIGKILL (exit -9").first
+    assert cell.evaluate("c => getComputedStyle(c).color") == "rgb(180, 35, 24)"  # #b42318
+    _shot(page, "12-killed-runs")
+    _, record = _job_record(tmp, "next-job")
+    assert record["state"] == "running", "the queued job should be running while the dead one is shown failed"
+    assert external == [], f"the page loaded assets from outside the UI: {external}"

@@ -46,6 +46,52 @@ def test_validation_collects_every_problem_with_field_names():
     assert len(problems) == 4
 
 
+FLOAT_KEYS = [info.key for info in field_infos() if info.type == "float"]
+
+
+@pytest.mark.parametrize("literal", ["nan", "inf", "-inf"])
+def test_every_float_setting_refuses_non_finite_values(tmp_path, literal):
+    # TOML itself accepts nan/inf literals, so each float field gets one in a file and must be named.
+    assert {"optimizer.learning_rate", "network.alpha", "training.noise_offset"} <= set(FLOAT_KEYS)
+    sections: dict[str, list[str]] = {}
+    for key in FLOAT_KEYS:
+        section, name = key.split(".")
+        sections.setdefault(section, []).append(f"{name} = {literal}")
+    path = tmp_path / "nonfinite.toml"
+    path.write_text("\n".join(f"[{s}]\n" + "\n".join(lines) for s, lines in sections.items()))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    for key in FLOAT_KEYS:
+        assert f"`{key}` must be a finite number, got {literal}" in problems, f"{key} = {literal} was not refused"
+    assert len(problems) == len(FLOAT_KEYS), f"one message per field, no misleading range message too: {problems}"
+
+
+def test_nan_learning_rate_is_named_not_blamed_elsewhere():
+    cfg = Config()
+    cfg.optimizer.learning_rate = float("nan")
+    cfg.network.alpha = float("nan")
+    assert validate(cfg) == [
+        "`network.alpha` must be a finite number, got nan",
+        "`optimizer.learning_rate` must be a finite number, got nan",
+    ]
+
+
+def test_cli_set_nan_exits_2_with_the_field_and_no_run_folder(tmp_path):
+    cfg = Config()
+    cfg.run.output_dir = str(tmp_path / "runs")
+    path = tmp_path / "c.toml"
+    path.write_text(dumps_config(cfg))
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", str(path), "--set", "optimizer.learning_rate=nan"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "`optimizer.learning_rate` must be a finite number, got nan" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists(), "a refused config must not create a run folder"
+
+
 def test_unknown_keys_and_wrong_types_are_named(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[network]\nrank = "big"\nrnak = 4\n[trainig]\nmax_steps = 1\n')

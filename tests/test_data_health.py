@@ -118,3 +118,15 @@ def test_check_dataset_command(broken, tmp_path, capsys):
     assert cli_main(["check-dataset", "--config", str(tmp_path / "c.toml")]) == 0
     out = capsys.readouterr().out
     assert "8 image(s)" in out and "caption lengths not checked" in out and "no-such-model" in out
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("GIF", "GIF"), ("WEBP", "WebP")])
+def test_check_dataset_lists_animated_images_as_skipped(tmp_path, capsys, fmt, kind):
+    picture(tmp_path / "still.png")
+    frames = [Image.new("RGB", (96, 96), c) for c in ((255, 0, 0), (0, 0, 255))]
+    anim = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(anim, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert cli_main(["check-dataset", str(tmp_path), "--no-tokenizer"]) == 0, "the still image can still train"
+    out = capsys.readouterr().out
+    assert "1 image(s)" in out
+    assert f"{anim}: skipped, animated {kind} (2 frames): training uses single frames; export the frame you want as PNG" in out

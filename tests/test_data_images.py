@@ -11,7 +11,7 @@ from PIL import Image
 from trainer.config import DatasetConfig
 from trainer.data import DatasetError, build_train_dataset
 from trainer.data.captions import read_caption
-from trainer.data.images import ImageReadError, load_rgb, probe_image, to_rgb
+from trainer.data.images import ImageReadError, load_rgb, probe_image, to_rgb, unusable_reason
 from trainer.data.scan import scan_folder
 
 
@@ -58,17 +58,31 @@ def test_very_wide_image_trains_at_bucket_size(tmp_path):
     assert ds[0]["pixel_values"].shape == (3, bh, bw)
 
 
-@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
-def test_animated_uses_first_frame_with_warning(tmp_path, fmt):
+def animated(path: Path, fmt: str) -> Path:
     frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
-    path = tmp_path / f"anim.{fmt.lower()}"
     frames[0].save(path, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0, **({"lossless": True} if fmt == "WEBP" else {}))
+    return path
+
+
+@pytest.mark.parametrize(("fmt", "kind"), [("GIF", "GIF"), ("WEBP", "WebP")])
+def test_animated_images_are_skipped_with_the_reason(tmp_path, fmt, kind):
+    path = animated(tmp_path / f"anim.{fmt.lower()}", fmt)
+    solid(tmp_path / "still.png")
+    reason = f"animated {kind} (2 frames): training uses single frames; export the frame you want as PNG"
     info = probe_image(path)
-    assert info.frames == 2 and "animated (2 frames)" in info.warnings[0]
-    r, g, _ = load_rgb(path).getpixel((5, 5))
-    assert r > 200 and g < 50, "the first (red) frame must be used"
+    assert info.frames == 2 and unusable_reason(info) == reason
+    assert unusable_reason(probe_image(tmp_path / "still.png")) is None
     scan = scan_folder(tmp_path)
-    assert len(scan.records) == 1 and any("animated" in w for w in scan.warnings)
+    assert [r.path.name for r in scan.records] == ["still.png"], "an animated file must not be trained on"
+    assert scan.warnings == [f"{path}: skipped, {reason}"]
+    ds = build_train_dataset(DatasetConfig(path=str(tmp_path)), seed=0)
+    assert len(ds.records) == 1 and f"{path}: skipped, {reason}" in ds.warnings, "training lists it in its warnings"
+
+
+def test_only_animated_images_is_no_dataset_and_says_why(tmp_path):
+    animated(tmp_path / "anim.gif", "GIF")
+    with pytest.raises(DatasetError, match="animated GIF"):
+        build_train_dataset(DatasetConfig(path=str(tmp_path)), seed=0)
 
 
 def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):

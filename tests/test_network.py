@@ -70,3 +70,34 @@ def test_unknown_custom_target_is_named(model):
     cfg.unet_targets, cfg.unet_target_modules = "custom", ["to_q", "to_qq"]
     with pytest.raises(UserFacingError, match="`network.unet_target_modules`: no layer named 'to_qq'"):
         inject_lora(model, cfg)
+
+
+def test_rank_above_layer_width_is_warned_with_counts_and_effective_rank(model):
+    # builtin:tiny-sd: cross-attention to_k/to_v map the 32-wide text states to 64 (12 of the 48
+    # attention layers); the text encoder is 32 wide throughout (20 attention layers).
+    cfg = Config().network
+    cfg.rank = 64
+    net = inject_lora(model, cfg, train_text_encoder=True)
+    unet, text = net.warnings
+    assert "`network.rank` 64 is above the width of 12 of the 48 LoRA layers in the unet" in unet
+    assert "min(in, out): 32 (12 layers)" in unet and "effective rank 32, not 64" in unet
+    assert "`network.rank` 32 or less avoids it" in unet
+    assert "20 of the 20 LoRA layers in the text_encoder" in text and "effective rank 32" in text
+
+
+def test_rank_within_every_layer_width_warns_nothing(model):
+    assert inject_lora(model, Config().network, train_text_encoder=True).warnings == [], "rank 16 fits 32-wide layers"
+
+
+def test_conv_width_counts_the_kernel(model):
+    # conv_in is (out 32, in 4, 3, 3): ΔW flattens to 32 x 36, so its width is 32, not 4.
+    cfg = Config().network
+    cfg.unet_targets, cfg.unet_target_modules, cfg.rank = "custom", ["conv_in"], 8
+    assert inject_lora(model, cfg).warnings == [], "rank 8 fits a 32 x 36 conv update"
+
+
+def test_conv_rank_above_width_warns(model):
+    cfg = Config().network
+    cfg.unet_targets, cfg.unet_target_modules, cfg.rank = "custom", ["conv_in"], 40
+    (warning,) = inject_lora(model, cfg).warnings
+    assert "1 of the 1 LoRA layers in the unet (min(in, out): 32 (1 layer))" in warning

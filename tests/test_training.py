@@ -133,5 +133,11 @@ def test_cli_reports_errors_without_traceback(tmp_path, make_config):
     out = subprocess.run([sys.executable, "-m", "trainer", "train", str(path), "--no-progress"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "error:" in out.stderr and "empty" in out.stderr
+    assert not cfg.run_dir.exists(), "the pre-flight check refuses before any run folder is made"
+
+    from trainer.data import DatasetError
+
+    with pytest.raises(DatasetError):  # the library call has no pre-flight: the run records its failure
+        train(cfg, show_progress=False)
     finished = [json.loads(line) for line in (cfg.run_dir / "events.jsonl").read_text().splitlines()][-1]
     assert finished["type"] == "finished" and finished["status"] == "failed"

@@ -30,11 +30,17 @@ def encode_latents(model: Any, pixels: torch.Tensor) -> torch.Tensor:
 class LatentCache:
     """Latents per dataset record, in memory or as safetensors files keyed by image file and settings."""
 
-    def __init__(self, model: Any, dataset: Any, mode: str, cache_dir: Path, seed: int, progress: Callable | None = None):
+    def __init__(
+        self, model: Any, dataset: Any, mode: str, cache_dir: Path, seed: int, progress: Callable | None = None,
+        check_stop: Callable[[], None] | None = None,
+    ):
+        """``check_stop`` is called before each image and may raise to stop (a user's Stop during caching)."""
         self.mode = mode
         self.latents: dict[int, torch.Tensor] = {}
         indices = range(len(dataset.records))
         for i in progress(indices, desc="caching latents") if progress else indices:
+            if check_stop is not None:
+                check_stop()
             self.latents[i] = self._load_or_encode(model, dataset, i, cache_dir, seed)
 
     def _load_or_encode(self, model: Any, dataset: Any, i: int, cache_dir: Path, seed: int) -> torch.Tensor:

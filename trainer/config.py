@@ -8,6 +8,7 @@ This module imports no torch: the UI process reads it without loading the engine
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -568,7 +569,24 @@ def validate(config: Config) -> list[str]:
         p.append(f"`sampling.guidance_scale` must be 0 or more, got {smp.guidance_scale}")
     _non_negative(p, "checkpoint.every_n_steps", ck.every_n_steps)
     _positive(p, "checkpoint.keep_last", ck.keep_last)
-    return p
+    return _with_finite_check(config, p)
+
+
+def _with_finite_check(config: Config, p: list[str]) -> list[str]:
+    """Refuse nan and ±inf in every float setting (TOML and ``--set`` both accept the literals).
+
+    A non-finite value fails each range check above with a misleading second message (or, for nan,
+    slips through every comparison), so those messages are replaced by one that names the real problem.
+    """
+    bad: dict[str, float] = {}
+    for info in field_infos():
+        value = getattr(getattr(config, info.section), info.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[info.key] = value
+    if not bad:
+        return p
+    own = [f"`{key}` must be a finite number, got {value}" for key, value in bad.items()]
+    return own + [m for m in p if not m.startswith(tuple(f"`{key}` " for key in bad))]
 
 
 def _check_choices(config: Config, p: list[str]) -> None:

@@ -29,18 +29,37 @@ EVENTS_FILE = "events.jsonl"
 class EventWriter:
     """Appends events to ``run_dir/events.jsonl``."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, hold: bool = False):
+        """``hold``: keep events in memory until ``release()`` (a resume that fails while it sets up must leave
+        the run's record as it was, so nothing is appended before it is known to continue)."""
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.held: list[str] | None = [] if hold else None
+
+    @property
+    def holding(self) -> bool:
+        return self.held is not None
+
+    def release(self) -> None:
+        """Write the held events and write through from now on."""
+        held, self.held = self.held or [], None
+        for line in held:
+            self._append(line)
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"type": type, "time": round(time.time(), 3), **fields}
         line = json.dumps(event, default=str, allow_nan=False) + "\n"
+        if self.held is not None:
+            self.held.append(line)
+        else:
+            self._append(line)
+        return event
+
+    def _append(self, line: str) -> None:
         # One write call per line with O_APPEND: readers never see two events interleaved.
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(line)
             handle.flush()
-        return event
 
 
 @dataclass

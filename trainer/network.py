@@ -6,7 +6,8 @@ the adapted model starts identical to the base. We only choose targets and colle
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.config import (
@@ -22,11 +23,13 @@ ADAPTER_NAME = "default"
 
 @dataclass
 class InjectedNetwork:
-    """Where LoRA went: trainable parameters per component and the module names adapted."""
+    """Where LoRA went: trainable parameters per component, the module names adapted, and warnings
+    about the injection for the training log (one sentence each, e.g. a rank above some layers' width)."""
 
     unet_params: list[Any]
     text_encoder_params: list[Any]
     adapted_modules: dict[str, list[str]]
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_trainable(self) -> int:
@@ -68,17 +71,20 @@ def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None 
                 components[name] = (module, text_encoder_target_modules(cfg))
     adapted: dict[str, list[str]] = {}
     params: dict[str, list[Any]] = {}
+    warnings: list[str] = []
     for name, (module, targets) in components.items():
         _check_targets_exist(name, module, targets)
         module.add_adapter(lora_config(cfg, targets), adapter_name=ADAPTER_NAME)
         adapted[name] = [n for n, m in module.named_modules() if hasattr(m, "lora_A") and ADAPTER_NAME in m.lora_A]
+        warnings.extend(_rank_above_width(name, module, adapted[name], cfg.rank))
         params[name] = lora_parameters(module)
         # Trainable LoRA weights always live in fp32, whatever the base weights' dtype
         # (diffusers' cast_training_params): fp16 Adam updates underflow.
         for p in params[name]:
             p.data = p.data.float()
     te_params = [p for n, ps in params.items() if n != "unet" for p in ps]
-    return InjectedNetwork(unet_params=params["unet"], text_encoder_params=te_params, adapted_modules=adapted)
+    return InjectedNetwork(unet_params=params["unet"], text_encoder_params=te_params, adapted_modules=adapted,
+                           warnings=warnings)
 
 
 def lora_parameters(module: Any) -> list[Any]:
@@ -90,6 +96,32 @@ def lora_parameters(module: Any) -> list[Any]:
         if is_lora:
             out.append(param)
     return out
+
+
+def _rank_above_width(component: str, module: Any, names: list[str], rank: int) -> list[str]:
+    """A warning when ``rank`` exceeds min(in, out) of some adapted layers.
+
+    ΔW = B·A with A (rank, in) and B (out, rank) has rank at most min(in, out, rank), so rank beyond a
+    layer's width adds parameters and compute that cannot change what the layer learns. A conv's ΔW is
+    (out, in·kh·kw) once flattened, which is what the weight's first row counts.
+    """
+    widths: Counter[int] = Counter()
+    for name in names:
+        weight = module.get_submodule(name).get_base_layer().weight  # (out, in) or (out, in, kh, kw)
+        width = min(weight.shape[0], weight[0].numel())
+        if width < rank:
+            widths[width] += 1
+    if not widths:
+        return []
+    over = sum(widths.values())
+    per_width = ", ".join(f"{w} ({n} layer{'s' if n > 1 else ''})" for w, n in sorted(widths.items()))
+    effective = "/".join(str(w) for w in sorted(widths))
+    return [
+        f"`network.rank` {rank} is above the width of {over} of the {len(names)} LoRA layers in the {component} "
+        f"(min(in, out): {per_width}); the rank of a LoRA update ΔW = B·A cannot exceed min(in, out), so those "
+        f"layers train at effective rank {effective}, not {rank}, and the extra rank only makes the adapter bigger "
+        f"and slower. `network.rank` {min(widths)} or less avoids it."
+    ]
 
 
 def _check_targets_exist(component: str, module: Any, targets: list[str]) -> None:

@@ -7,6 +7,7 @@ exported adapter. It raises user-facing errors after recording them as a ``finis
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,11 +27,20 @@ from trainer.diffusion_math import (
     sample_timesteps,
     training_target,
 )
+from trainer.disk_full import DiskFullError, disk_full_error, folder_size, looks_like_disk_full
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
 from trainer.network import InjectedNetwork, inject_lora
 from trainer.optim import build_lr_scheduler, build_optimizer
-from trainer.run_folder import StopRequest, prepare_run_dir, setup_logging
+from trainer.run_folder import (
+    StopRequest,
+    StopRequested,
+    prepare_run_dir,
+    run_dir_problem,
+    setup_logging,
+    write_run_config,
+)
+from trainer.run_lock import RunLock
 
 
 class TrainingDiverged(UserFacingError):
@@ -76,36 +86,92 @@ class Session:
 
 
 def train(cfg: Config, resume: bool = False, show_progress: bool = True) -> TrainResult:
-    """Run (or resume) training as configured; see the module docstring."""
+    """Run (or resume) training as configured; see the module docstring.
+
+    The run folder is checked before anything is created in it, then held with an exclusive lock for the
+    whole run (a second trainer in the same folder is refused with the holder's pid).
+    """
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
-    run_dir = prepare_run_dir(cfg, resume)
-    events = EventWriter(run_dir)
+    if not is_main_launch_process():  # other accelerate ranks: rank 0 checks, locks and cleans the folder
+        return _train_in(cfg, cfg.run_dir, resume, show_progress)
+    if (problem := run_dir_problem(cfg, resume)) is not None:
+        raise UserFacingError(problem)
+    lock = RunLock(cfg.run_dir).acquire()
+    try:
+        return _train_in(cfg, prepare_run_dir(cfg, resume), resume, show_progress)
+    finally:
+        lock.release()
+
+
+def is_main_launch_process() -> bool:
+    """Rank 0 of an ``accelerate launch`` (or the only process); read before any Accelerator exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _train_in(cfg: Config, run_dir: Path, resume: bool, show_progress: bool) -> TrainResult:
+    if not resume:
+        write_run_config(cfg)
+    # A resume writes nothing (config, events) until its set-up succeeded: a failed or stopped attempt
+    # leaves the run's record — and a completed run's "completed" — as it was.
+    events = EventWriter(run_dir, hold=resume)
     log = setup_logging(run_dir)
-    stop = StopRequest(run_dir).install()
+    stop = StopRequest(run_dir, immediate=True).install()
     session: Session | None = None
     try:
-        session = setup(cfg, run_dir, events, log, resume)
+        session = setup(cfg, run_dir, events, log, resume, stop)
+        stop.check()  # a STOP file written while the model loaded
+        if resume:
+            write_run_config(cfg)
+            events.release()
+        stop.immediate = False
         return run_loop(session, stop, show_progress)
+    except StopRequested as request:
+        step = session.progress.step if session else 0
+        log.info("stopped (%s) before training began; nothing was trained in this session", request)
+        if not events.holding:
+            events.emit("finished", status="stopped", step=step, error=None, adapter=None)
+        return TrainResult(status="stopped", step=step, run_dir=run_dir)
     except BaseException as err:
+        if looks_like_disk_full(err):
+            err = disk_full_error(run_dir, _bytes_needed(run_dir, session), kept=_kept_checkpoint(run_dir))
         step = session.progress.step if session else 0
         message = str(err) if isinstance(err, (UserFacingError, ConfigError)) else f"{type(err).__name__}: {err}"
         if not isinstance(err, (UserFacingError, ConfigError)):
             log.error("training failed:\n%s", traceback.format_exc())
         else:
             log.error("training failed: %s", message)
-        events.emit("finished", status="failed", step=step, error=message, adapter=None)
+        if events.holding:
+            log.error("the resume did not start; the run's record is unchanged")
+        else:
+            events.emit("finished", status="failed", step=step, error=message, adapter=None)
+        if isinstance(err, DiskFullError):
+            raise err from None
         raise
     finally:
         stop.uninstall()
+
+
+def _bytes_needed(run_dir: Path, session: Session | None) -> int:
+    """What one more checkpoint takes: the size of the last one, or the LoRA weights with AdamW's two moments."""
+    if (last := latest_checkpoint(run_dir)) is not None:
+        return folder_size(last)
+    if session is None:
+        return 0
+    return sum(p.numel() * 4 * 3 for m in session.trained.values() for n, p in m.named_parameters() if "lora_" in n)
+
+
+def _kept_checkpoint(run_dir: Path) -> str:
+    last = latest_checkpoint(run_dir)
+    return f"the last good checkpoint ({last.name}) is kept" if last else "no checkpoint was written yet"
 
 
 # ---------------------------------------------------------------------------------------------
 # Setup
 
 
-def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: bool) -> Session:
+def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: bool, stop: StopRequest | None = None) -> Session:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -122,22 +188,30 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
     set_seed(cfg.training.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     log.info("loading base model %s", cfg.model.base)
-    model = load_base_model(cfg.model, dtype=weight_dtype)
+    # Rank 0 loads first: a builtin model or any other first-use cache is built once, then read by the rest.
+    with accelerator.main_process_first():
+        model = load_base_model(cfg.model, dtype=weight_dtype)
     _move_to(model, accelerator.device)
+    check_stop = stop.check if stop is not None else (lambda: None)
+    check_stop()
     if cfg.dataset.class_images:
         from trainer.data.regularization import ensure_class_images
 
-        ensure_class_images(model, cfg)  # generated before LoRA exists: they show the base model's prior
+        # Generated before LoRA exists: they show the base model's prior.
+        ensure_class_images(model, cfg, on_progress=lambda done, total: check_stop())
         dataset = build_train_dataset(cfg.dataset, seed=cfg.training.seed)
     report_dataset_health(cfg, model, dataset, events, log)
     network = inject_lora(model, cfg.network)
+    for warning in network.warnings:
+        log.warning(warning)
+        events.emit("warning", message=warning)
     if cfg.network.init_from:
         _init_from_adapter(model, Path(cfg.network.init_from))
     trained = {name: mod for name, mod in model.component_modules().items() if name in network.adapted_modules}
     if cfg.training.gradient_checkpointing:
         _enable_gradient_checkpointing(trained)
 
-    latent_cache = _build_latent_cache(cfg, model, dataset, run_dir, log)
+    latent_cache = _build_latent_cache(cfg, model, dataset, run_dir, log, check_stop)
     dataset.pixels_cached = latent_cache is not None
     text_cache = None
     if cfg.dataset.cache_text_embeddings and not cfg.network.train_text_encoder and dataset.static_captions:
@@ -218,7 +292,9 @@ def _enable_gradient_checkpointing(trained: dict[str, torch.nn.Module]) -> None:
             module.gradient_checkpointing_enable()
 
 
-def _build_latent_cache(cfg: Config, model: Any, dataset: Any, run_dir: Path, log: Any) -> LatentCache | None:
+def _build_latent_cache(
+    cfg: Config, model: Any, dataset: Any, run_dir: Path, log: Any, check_stop: Any = None
+) -> LatentCache | None:
     mode = cfg.dataset.cache_latents
     if mode == "off":
         return None
@@ -227,7 +303,9 @@ def _build_latent_cache(cfg: Config, model: Any, dataset: Any, run_dir: Path, lo
         return None
     from tqdm.auto import tqdm
 
-    return LatentCache(model, dataset, mode, run_dir / "cache" / "latents", cfg.training.seed, progress=tqdm)
+    return LatentCache(
+        model, dataset, mode, run_dir / "cache" / "latents", cfg.training.seed, progress=tqdm, check_stop=check_stop
+    )
 
 
 def _micro_batches_per_epoch(cfg: Config, dataset: Any, accelerator: Any) -> int:
@@ -463,6 +541,7 @@ def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
     if step > 0:
         make_checkpoint(s)
     adapters: list[Path] = []
+    failures: list[str] = []
     if s.accelerator.is_main_process:
         for result in _export(s, s.run_dir, verify=s.cfg.export.verify):
             adapters.append(Path(result.path))
@@ -471,7 +550,20 @@ def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
                 verified=result.verified, max_abs_diff=result.max_abs_diff, keys=result.keys, message=result.message,
             )
             if result.verified is False:
-                s.log.warning("export check failed for %s: %s", result.path, result.message)
-        s.events.emit("finished", status=status, step=step, error=None, adapter=str(adapters[0].relative_to(s.run_dir)) if adapters else None, final_loss=last_loss)
+                failures.append(f"{Path(result.path).name} ({result.format}): {result.message}")
+        # A file that fails its own check would load wrong (or not at all) in the clients: the run failed,
+        # even though training finished; the files stay for inspection.
+        error = "export check failed: " + "; ".join(failures) if failures else None
+        if error:
+            status = "failed"
+            s.log.error("%s", error)
+        s.events.emit(
+            "finished", status=status, step=step, error=error,
+            adapter=str(adapters[0].relative_to(s.run_dir)) if adapters else None, final_loss=last_loss,
+        )
+    else:
+        error = None
     s.log.info("%s at step %d; adapter: %s", status, step, ", ".join(map(str, adapters)) or "none")
-    return TrainResult(status=status, step=step, run_dir=s.run_dir, adapter_paths=adapters, final_loss=last_loss)
+    return TrainResult(
+        status=status, step=step, run_dir=s.run_dir, adapter_paths=adapters, final_loss=last_loss, error=error
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from trainer.config import field_infos, load_config, section_doc, set_dotted
@@ -34,6 +35,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a setting, e.g. --set training.max_steps=500 (value parsed as TOML)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (events.jsonl still records progress)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="only check the config, model, dataset, adapter, disk space and run folder; print the report and "
+             "exit 0 (ok) or 2 (problems); creates nothing",
+    )
 
 
 def apply_overrides(config, overrides: list[str]) -> None:
@@ -52,6 +58,27 @@ def apply_overrides(config, overrides: list[str]) -> None:
         set_dotted(config, key.strip(), value)
 
 
+def check_before_training(config, args: argparse.Namespace) -> int | None:
+    """The pre-flight check (``trainer.preflight``), before any run folder exists.
+
+    ``--dry-run``: print the whole report, return the exit code. Otherwise errors raise (exit 2, nothing
+    created) and warnings go to stderr before training starts.
+    """
+    import sys
+
+    from trainer.preflight import PreflightError, preflight
+
+    report = preflight(config, resume=args.resume)
+    if getattr(args, "dry_run", False):
+        print(report.format_text(notes=True))
+        return 0 if report.ok else 2
+    if not report.ok:
+        raise PreflightError(report)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, validate
 
@@ -60,10 +87,15 @@ def run(args: argparse.Namespace) -> int:
     problems = validate(config)
     if problems:
         raise ConfigError(problems, args.config)
+    if (code := check_before_training(config, args)) is not None:
+        return code  # --dry-run ends here
     from trainer.train import train  # heavy imports only once the config is known to be good
 
     result = train(config, resume=args.resume, show_progress=not args.no_progress)
     print(f"{result.status} at step {result.step}: {result.run_dir}")
     for path in result.adapter_paths:
         print(f"adapter: {path}")
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1  # training ran, but what it wrote is not right: a failure the caller must see
     return 0

@@ -7,7 +7,8 @@ Colour handling (one rule, applied everywhere):
   whatever colour hides under the transparent pixels (often black).
 - 16-bit grayscale (modes ``I;16``/``I``) is scaled down to 8 bits (Pillow's plain convert clips it).
 - CMYK, grayscale, bilevel, YCbCr and the rest go through Pillow's ``convert("RGB")``.
-- Animated files (GIF, WebP, APNG) use their first frame, with a warning.
+- Animated files (GIF, WebP, APNG) are not trained on: ``unusable_reason`` is the one rule that the
+  dataset scan (check-dataset, training) and the UI's upload both apply.
 
 Decompression bombs: an image over Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels) is
 rejected before decoding, rather than only warned about as Pillow does below twice that limit.
@@ -117,9 +118,20 @@ def probe_image(path: str | Path) -> ImageInfo:
         to_rgb(image)  # proves the colour mode converts, so training never meets one that does not
         width, height = upright_size(image)
         info = ImageInfo(path, width, height, image.mode, image.format or "", frames)
-    if frames > 1:
-        info.warnings.append(f"{path}: animated ({frames} frames); training uses the first frame")
     return info
+
+
+def unusable_reason(info: ImageInfo) -> str | None:
+    """Why a readable image is still not trained on, or None. The scan skips such a file with this reason
+    as a warning; the UI upload rejects it with the same words.
+
+    Animated images: training takes single frames, and which frame should stand for the subject is the
+    user's choice, not something to take silently.
+    """
+    if info.frames > 1:
+        kind = {"WEBP": "WebP"}.get(info.format, info.format or "image")
+        return f"animated {kind} ({info.frames} frames): training uses single frames; export the frame you want as PNG"
+    return None
 
 
 def load_rgb(path: str | Path, draft_size: tuple[int, int] | None = None) -> Image.Image:

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainer.data.captions import CAPTION_EXTENSIONS, read_caption
-from trainer.data.images import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageReadError, probe_image
+from trainer.data.images import (
+    IMAGE_EXTENSIONS,
+    UNSUPPORTED_IMAGE_EXTENSIONS,
+    ImageReadError,
+    probe_image,
+    unusable_reason,
+)
 
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")
 METADATA_FILE = "metadata.jsonl"
@@ -166,6 +172,10 @@ def _probe(record: ImageRecord, result: ScanResult) -> bool:
         info = probe_image(record.path)
     except ImageReadError as err:
         result.bad_files.append(f"{record.path}: {err}")
+        return False
+    reason = unusable_reason(info)
+    if reason:
+        result.warnings.append(f"{record.path}: skipped, {reason}")
         return False
     record.width, record.height = info.width, info.height
     result.warnings.extend(info.warnings)

@@ -226,7 +226,7 @@ def resolve_modules(adapter: AdapterFile, model: Any) -> tuple[list[LoraModule],
     """Attach each file module to a (component, path) of ``model``; returns (resolved, unknown names).
 
     Kohya names cannot be split back at ``_`` unambiguously (``to_q`` vs ``to.q``), so they are looked
-    up in a table built from the model's own layers (with ``KohyaNaming.aliases``).
+    up in a table built from the model's own layers (every ``KohyaNaming.spellings`` of each).
     """
     table = layer_table(model)
     known = set(table.values())
@@ -256,6 +256,6 @@ def layer_table(model: Any) -> dict[str, tuple[str, str]]:
             if not isinstance(base, (torch.nn.Linear, torch.nn.Conv2d)):
                 continue
             path = canonical_path(component, module, name)
-            for key in (naming.name(component, path), *naming.aliases(component, path)):
+            for key in naming.spellings(component, path):
                 table[key] = (component, path)
     return table

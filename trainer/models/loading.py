@@ -15,11 +15,20 @@ from typing import Any
 
 from trainer.config import ModelConfig
 from trainer.errors import UserFacingError
-from trainer.models.builtin import BUILTINS, builtin_model_path
+from trainer.models.builtin import BUILTINS, builtin_cache, builtin_model_path
+
+# Weight files that are Python pickles: loading one can run code hidden in it, so model folders must use
+# .safetensors (single-file checkpoints have their own pickle-free reader in ``single_file.py``).
+PICKLED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
 class ModelLoadError(UserFacingError):
     """A base model that cannot be loaded, with what to do about it."""
+
+
+class ModelFilesError(ModelLoadError):
+    """The model's files could not be read (missing, damaged): a cache entry with this is rebuilt."""
 
 
 @dataclass
@@ -93,6 +102,8 @@ def _hub_offline() -> bool:
 
 def load_base_model(cfg: ModelConfig, dtype: Any = None) -> BaseModel:
     """Load a base model described by the ``[model]`` config section."""
+    if cfg.base in BUILTINS:
+        return load_builtin_model(cfg, dtype=dtype)
     kind, where = resolve_model_source(cfg.base)
     if kind == "file":
         from trainer.models.single_file import load_single_file  # noqa: PLC0415 - optional heavy path
@@ -101,13 +112,30 @@ def load_base_model(cfg: ModelConfig, dtype: Any = None) -> BaseModel:
     return load_diffusers_model(where, cfg, kind, dtype=dtype)
 
 
-def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = None) -> BaseModel:
-    import json
+def load_builtin_model(cfg: ModelConfig, dtype: Any = None) -> BaseModel:
+    """Load a builtin model from its cache; a cached copy that fails to load is rebuilt once, with a notice."""
+    entry = builtin_cache(cfg.base)
+    entry.ensure()
+    seen = entry.build_id()
+    try:
+        return load_diffusers_model(str(entry.folder), cfg, "builtin", dtype=dtype)
+    except ModelFilesError as err:
+        entry.repair(str(err), seen)
+    try:
+        return load_diffusers_model(str(entry.folder), cfg, "builtin", dtype=dtype)
+    except ModelFilesError as err:
+        raise ModelLoadError(
+            f"the {entry.label} was rebuilt at {entry.folder} and still does not load ({err}); "
+            "delete that folder and report this as a bug"
+        ) from None
 
+
+def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = None) -> BaseModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from safetensors import SafetensorError
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"use_safetensors": True}  # never fall back to unpickling .bin weights
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     if cfg.variant:
@@ -115,7 +143,8 @@ def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = N
     try:
         if kind == "hub":
             where = _download_hub_model(where, cfg)
-        index = json.loads((Path(where) / "model_index.json").read_text()) if (Path(where) / "model_index.json").is_file() else {}
+        index = read_model_index(Path(where))
+        refuse_pickled_weights(Path(where), WEIGHT_COMPONENTS, "model.base")
         if "text_encoder_2" in index:
             from trainer.models.sdxl import load_sdxl_folder  # noqa: PLC0415
 
@@ -127,8 +156,8 @@ def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = N
         noise_scheduler = DDPMScheduler.from_pretrained(where, subfolder="scheduler")
     except ModelLoadError:
         raise
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load base model {cfg.base!r} from {where}: {err}") from None
+    except (OSError, ValueError, SafetensorError) as err:
+        raise ModelFilesError(f"could not load base model {cfg.base!r} from {where}: {err}") from None
     family = "sd2" if text_encoder.config.hidden_size == 1024 else "sd1"
     return assemble_base_model(
         family, unet, vae, [text_encoder], [tokenizer], noise_scheduler, cfg, source=kind, name_or_path=cfg.base, dtype=dtype
@@ -136,7 +165,54 @@ def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = N
 
 
 def _variant(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in kwargs.items() if k == "variant"}
+    return {k: v for k, v in kwargs.items() if k in ("variant", "use_safetensors")}
+
+
+def read_model_index(folder: Path) -> dict[str, Any]:
+    """The folder's ``model_index.json`` ({} when there is none); ModelFilesError naming it when it is broken
+    (a damaged builtin cache is then rebuilt, like any other unreadable model file)."""
+    import json
+
+    path = folder / "model_index.json"
+    if not path.is_file():
+        return {}
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelFilesError(
+            f"`model.base`: {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            "repair it or copy the model's original model_index.json back"
+        ) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelFilesError(f"`model.base`: cannot read {path} ({err}); copy the model's original file back") from None
+    if not isinstance(index, dict):
+        raise ModelFilesError(f"`model.base`: {path} must hold a JSON object listing the model's components, "
+                              f"not a {type(index).__name__}; copy the model's original file back")
+    return index
+
+
+def refuse_pickled_weights(model_dir: Path, subfolders: tuple[str, ...], setting: str) -> None:
+    """ModelLoadError when a weights folder holds pickled weights (.bin, ...) and no .safetensors file.
+
+    Unpickling can run arbitrary code, so folders are loaded from safetensors only (the loaders also pass
+    ``use_safetensors=True``); this check names the files instead of a library's generic "not found".
+    """
+    pickled: list[Path] = []
+    for sub in subfolders:
+        folder = model_dir / sub
+        files = sorted(f for f in folder.iterdir() if f.is_file()) if folder.is_dir() else []
+        if not any(f.name.endswith(".safetensors") for f in files):
+            pickled += [f for f in files if f.suffix.lower() in PICKLED_WEIGHT_SUFFIXES]
+    if not pickled:
+        return
+    raise ModelLoadError(
+        f"`{setting}` {model_dir}: the weights are pickled PyTorch files ({', '.join(str(f) for f in pickled)}) "
+        "with no .safetensors beside them. lora-studio only loads safetensors weights from model folders, "
+        "because loading a pickle can run code hidden in it. Convert the model once on a machine you trust: "
+        "load the folder with diffusers (e.g. `StableDiffusionPipeline.from_pretrained(folder)` or "
+        "`AutoencoderKL.from_pretrained(folder)`), save it with `.save_pretrained(new_folder, "
+        f"safe_serialization=True)`, and point `{setting}` at the new folder."
+    )
 
 
 def _download_hub_model(repo_id: str, cfg: ModelConfig) -> str:

@@ -23,15 +23,16 @@ def load_sdxl_folder(path: Path, cfg: ModelConfig, kind: str, dtype: Any = None)
 
     from trainer.models.loading import assemble_base_model
 
-    variant = {"variant": cfg.variant} if cfg.variant else {}
+    # Weights from .safetensors only, never an unpickled .bin (load_diffusers_model checked the folder first).
+    weights = {"use_safetensors": True} | ({"variant": cfg.variant} if cfg.variant else {})
     local = {"local_files_only": True}  # ``path`` is already on disk (a hub model was downloaded before)
     tokenizers = [CLIPTokenizer.from_pretrained(path, subfolder=sub, **local) for sub in ("tokenizer", "tokenizer_2")]
     text_encoders = [
-        CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **variant, **local),
-        CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **variant, **local),
+        CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **weights, **local),
+        CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **weights, **local),
     ]
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **variant, **local)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **variant, **local)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **weights, **local)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **weights, **local)
     # Training always adds noise the DDPM way; the folder's own scheduler (often Euler) only lends its betas.
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **local)
     return assemble_base_model(

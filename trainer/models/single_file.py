@@ -27,17 +27,11 @@ from typing import Any
 import torch
 
 from trainer.config import ModelConfig
+from trainer.models.checkpoint_keys import UNET_PREFIX, VAE_PREFIX, check_text_encoders, family_of, has_vae
+from trainer.models.checkpoint_keys import reject_non_checkpoints as _reject_non_checkpoints
 from trainer.models.loading import BaseModel, ModelLoadError, assemble_base_model
 
 CONFIGS = Path(__file__).parent / "configs"
-FAMILIES = {"v1": "sd1", "v2": "sd2", "xl_base": "sdxl"}
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
-TEXT_PREFIXES = {
-    "sd1": ["cond_stage_model.transformer."],
-    "sd2": ["cond_stage_model.model."],
-    "sdxl": ["conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."],
-}
 SD2_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_STD = 0.09  # ComfyUI supported_models.SD20.model_type
 
@@ -124,39 +118,13 @@ def detect_checkpoint(ckpt: Checkpoint) -> CheckpointInfo:
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     state, path = ckpt.tensors, ckpt.path
+    # The key rules live in checkpoint_keys (torch-free) so the pre-flight check applies them to a header.
     _reject_non_checkpoints(state, path)
     model_type = infer_diffusers_model_type(state)
-    family = FAMILIES.get(model_type)
-    if family is None:
-        raise ModelLoadError(
-            f"`model.base` file {path} is a {model_type!r} checkpoint; lora-studio trains SD 1.x, SD 2.x and "
-            "SDXL base checkpoints (not inpainting, refiner, upscaler or other architectures)"
-        )
-    for prefix in TEXT_PREFIXES[family]:
-        if not any(k.startswith(prefix) for k in state):
-            raise ModelLoadError(
-                f"`model.base` file {path} looks like {family} but has no text-encoder weights ({prefix}*): "
-                "use a full checkpoint that contains the UNet, the VAE and the text encoder(s)"
-            )
+    family = family_of(model_type, path)
+    check_text_encoders(state, family, path)
     prediction, reason, ztsnr = _detect_prediction(ckpt, family)
-    has_vae = any(k.startswith(VAE_PREFIX) for k in state)
-    return CheckpointInfo(family, model_type, prediction, reason, zero_terminal_snr=ztsnr, has_vae=has_vae)
-
-
-def _reject_non_checkpoints(state: dict[str, Any], path: Path) -> None:
-    keys = list(state)
-    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
-        raise ModelLoadError(f"`model.base` file {path} is a LoRA adapter, not a base model: set it as `network.init_from`")
-    if any(k.startswith(UNET_PREFIX) for k in keys):
-        return
-    if any(k.startswith(("down_blocks.", "conv_in.", "encoder.down_blocks.")) for k in keys):
-        what = "a diffusers-layout component (one UNet or VAE), not a whole model"
-    else:
-        what = f"no known Stable Diffusion architecture (first keys: {', '.join(sorted(keys)[:3])})"
-    raise ModelLoadError(
-        f"`model.base` file {path} is {what}. Use a single-file SD 1.x / 2.x / SDXL checkpoint, or a diffusers "
-        "model folder (the one with model_index.json)."
-    )
+    return CheckpointInfo(family, model_type, prediction, reason, zero_terminal_snr=ztsnr, has_vae=has_vae(state))
 
 
 def _detect_prediction(ckpt: Checkpoint, family: str) -> tuple[str, str, bool]:

@@ -19,7 +19,7 @@ def load_vae(source: str, family: str, dtype: Any = None) -> Any:
     import torch
     from diffusers import AutoencoderKL
 
-    from trainer.models.loading import ModelLoadError
+    from trainer.models.loading import ModelLoadError, refuse_pickled_weights
 
     path = Path(source).expanduser()
     dtype = dtype or torch.float32
@@ -28,7 +28,9 @@ def load_vae(source: str, family: str, dtype: Any = None) -> Any:
             sub = "vae" if (path / "vae" / "config.json").is_file() else None
             if not (path / (sub or "") / "config.json").is_file():
                 raise ModelLoadError(f"`model.vae` folder {path} has no config.json: point it at a diffusers VAE folder")
-            return AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, local_files_only=True)
+            refuse_pickled_weights(path, (sub or "",), "model.vae")
+            return AutoencoderKL.from_pretrained(path, subfolder=sub, torch_dtype=dtype, local_files_only=True,
+                                                 use_safetensors=True)
         if not path.is_file():
             raise ModelLoadError(f"`model.vae` not found: {path}")
         from trainer.models.single_file import read_checkpoint

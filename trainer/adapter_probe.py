@@ -1,0 +1,163 @@
+"""Does ``network.init_from`` fit the run? Answered from the adapter's safetensors header, without torch.
+
+The trainer finds out only after loading the base model and injecting LoRA (``export.loader``); the
+same conditions are checked here from key names and shapes: a plain kohya or diffusers/PEFT LoRA, the
+rank of ``network.rank``, layers inside the configured targets and covering each of them, and widths
+that fit the base (cross-attention input = the UNet's ``cross_attention_dim``, text-encoder inputs =
+each encoder's ``hidden_size``). ``ss_base_model_version`` (sd-scripts' metadata) backs this up when
+the base's widths cannot be read without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trainer.config import NetworkConfig
+from trainer.models.probe import FAMILY_NAMES, ModelProbe
+from trainer.network import text_encoder_target_modules, unet_target_modules
+from trainer.safetensors_header import HeaderError, SafetensorsHeader, read_header
+
+KEY = "`network.init_from`"
+KOHYA_COMPONENTS = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
+# ss_base_model_version prefixes (sd-scripts / our metadata.BASE_MODEL_VERSIONS) -> family
+VERSION_FAMILIES = (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))
+
+
+@dataclass
+class AdapterModule:
+    component: str  # unet, text_encoder, text_encoder_2
+    name: str  # as in the file: a kohya name, or the PEFT path after the component
+    down: tuple[int, ...]  # lora_down / lora_A shape: (rank, in, ...)
+
+
+@dataclass
+class AdapterCheck:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_init_from(source: str, network: NetworkConfig, base: ModelProbe) -> AdapterCheck:
+    """Every reason ``network.init_from`` would be refused once the model is loaded (see the module doc)."""
+    check = AdapterCheck()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        check.errors.append(f"{KEY} file not found: {path}")
+        return check
+    if path.suffix.lower() != ".safetensors":
+        check.errors.append(f"{KEY} {path}: adapters are read from .safetensors files only")
+        return check
+    try:
+        header = read_header(path, "network.init_from")
+        modules = adapter_modules(header)
+    except HeaderError as err:
+        check.errors.append(str(err))
+        return check
+    ranks = sorted({m.down[0] for m in modules})
+    if ranks != [network.rank]:
+        check.errors.append(
+            f"{KEY} {path} has rank {', '.join(map(str, ranks))} but `network.rank` is {network.rank}; "
+            f"set `network.rank = {ranks[0]}` to start from this adapter"
+        )
+    check.errors.extend(_target_problems(path, modules, network))
+    _fit_base(path, header, modules, base, check)
+    return check
+
+
+def adapter_modules(header: SafetensorsHeader) -> list[AdapterModule]:
+    """The LoRA modules of a kohya or diffusers/PEFT file, as ``export.formats.read_adapter_file`` reads them."""
+    names = list(header.tensors)
+    path = header.path
+    if any(n.endswith(".lora_down.weight") for n in names):
+        groups: dict[str, set[str]] = {}
+        for n in names:
+            module, _, part = n.partition(".")
+            groups.setdefault(module, set()).add(part)
+        bad = [f"{m} ({', '.join(sorted(p))})" for m, p in groups.items()
+               if p - {"lora_down.weight", "lora_up.weight", "alpha"} or not {"lora_down.weight", "lora_up.weight"} <= p]
+        if bad:
+            raise HeaderError(f"{KEY} {path}: not a plain LoRA (LyCORIS/DoRA or incomplete modules are not supported): "
+                              f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        return [AdapterModule(_kohya_component(m), m, header.tensors[f"{m}.lora_down.weight"].shape) for m in groups]
+    if any(n.endswith(".lora_A.weight") for n in names):
+        unexpected = [n for n in names if not n.endswith((".lora_A.weight", ".lora_B.weight"))]
+        if unexpected:
+            raise HeaderError(f"{KEY} {path}: unexpected key {unexpected[0]!r} in a diffusers/PEFT LoRA file")
+        out = []
+        for n in names:
+            if n.endswith(".lora_A.weight"):
+                component, _, module = n.removesuffix(".lora_A.weight").partition(".")
+                out.append(AdapterModule(component, module, header.tensors[n].shape))
+        return out
+    raise HeaderError(
+        f"{KEY} {path}: no LoRA weights found (expected kohya `.lora_down.weight` or PEFT `.lora_A.weight` keys); "
+        f"first keys: {', '.join(names[:3]) or 'none'}"
+    )
+
+
+def _kohya_component(name: str) -> str:
+    prefix = name.split("_", 2)[:2]
+    return KOHYA_COMPONENTS.get("_".join(prefix), "unknown")
+
+
+def _matches(module: AdapterModule, target: str) -> bool:
+    """PEFT's suffix rule; kohya names spell the module path with ``_`` for ``.``."""
+    if "." in module.name and not module.name.startswith("lora_"):
+        return module.name == target or module.name.endswith("." + target)
+    return module.name.endswith("_" + target.replace(".", "_"))
+
+
+def _target_problems(path: Path, modules: list[AdapterModule], network: NetworkConfig) -> list[str]:
+    targets = {"unet": unet_target_modules(network)}
+    if network.train_text_encoder:
+        targets["text_encoder"] = targets["text_encoder_2"] = text_encoder_target_modules(network)
+    outside = [m for m in modules if not any(_matches(m, t) for t in targets.get(m.component, []))]
+    if outside:
+        return [
+            f"{KEY} {path}: {len(outside)} module(s) are layers this network does not adapt (e.g. {outside[0].name}); "
+            "set `network.unet_targets` (`kohya` adds proj_in/proj_out/feed-forward), "
+            "`network.train_text_encoder` and `network.text_encoder_mlp` to match the file"
+        ]
+    problems = []
+    for component in sorted({m.component for m in modules}):
+        found = [m for m in modules if m.component == component]
+        absent = [t for t in targets[component] if not any(_matches(m, t) for m in found)]
+        if absent:
+            problems.append(
+                f"{KEY} {path}: covers only part of the {component}'s adapted layers (no {', '.join(absent)} layers); "
+                "set `network.unet_targets` / `network.text_encoder_mlp` to the file's targets"
+            )
+    return problems
+
+
+def _fit_base(path: Path, header: SafetensorsHeader, modules: list[AdapterModule], base: ModelProbe,
+              check: AdapterCheck) -> None:
+    """Widths and family of the file against the base model's configs."""
+    mismatches, compared = [], False
+    if base.family is not None and base.family != "sdxl" and any(m.component == "text_encoder_2" for m in modules):
+        mismatches.append(f"it has a second text encoder's layers (SDXL) but the base model is {FAMILY_NAMES[base.family]}")
+    unet = base.config("unet") or {}
+    cross = next((m.down[1] for m in modules if m.component == "unet" and _matches(m, "attn2.to_k")), None)
+    if cross is not None and isinstance(unet.get("cross_attention_dim"), int):
+        compared = True
+        if cross != unet["cross_attention_dim"]:
+            mismatches.append(f"its cross-attention layers take {cross}-wide text features, the base model's UNet "
+                              f"{unet['cross_attention_dim']}")
+    for component, width in base.text_widths().items():
+        got = next((m.down[1] for m in modules if m.component == component and _matches(m, "q_proj")), None)
+        if got is not None:
+            compared = True
+            if got != width:
+                mismatches.append(f"its {component} layers are {got} wide, the base model's {width}")
+    if mismatches:
+        check.errors.append(f"{KEY} {path} was made for a different base model than `model.base`: {'; '.join(mismatches)}")
+        return
+    version = header.metadata.get("ss_base_model_version", "")
+    made_for = next((fam for prefix, fam in VERSION_FAMILIES if version.startswith(prefix)), None)
+    if made_for and base.family and made_for != base.family:
+        message = (f"{KEY} {path} says it was trained on {FAMILY_NAMES[made_for]} (ss_base_model_version "
+                   f"{version!r}) but `model.base` is {FAMILY_NAMES[base.family]}")
+        if compared:
+            check.warnings.append(message + "; its layer widths fit, so it is used anyway")
+        else:
+            check.errors.append(message + "; use an adapter made for this base model")
