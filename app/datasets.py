@@ -58,7 +58,7 @@ from trainer.data.images import (
 )
 from trainer.data.scan import kohya_folder
 
-UPLOAD_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+UPLOAD_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS  # the trainer's list: what uploads accept is what training reads
 ZIP_EXTENSION = ".zip"
 TRASH_DIR = ".trash"
 BULK_ACTIONS = ("prefix", "suffix", "replace", "dedupe", "sort", "trigger")
@@ -71,7 +71,7 @@ MAX_LISTED = 10  # names listed per section of the summary
 JUNK_NAMES = frozenset({"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini", "Desktop.ini"})
 _WINDOWS_UNSAFE = re.compile(r'[<>:"|?*]')
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
-_HINT_TYPES = "upload images (PNG, JPEG, WebP, BMP), .txt captions, or a .zip of them"
+_HINT_TYPES = "upload images (PNG, JPEG, WebP, BMP, GIF), .txt captions, or a .zip of them"
 
 
 @dataclass
@@ -557,9 +557,6 @@ def _kind(base: str) -> str:
         return "image"
     if suffix in CAPTION_EXTENSIONS:
         return "caption"
-    if suffix == ".gif":
-        raise _Reject("unsupported type .gif (GIFs have 256 colours and are often animated); "
-                      "convert it to PNG or JPEG")
     if suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
         raise _Reject(f"unsupported type {suffix}; convert it to PNG or JPEG")
     if not suffix:

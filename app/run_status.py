@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any
 
 from app.jobs import ACTIVE_STATES, DIED_MESSAGE, Job, describe_exit
 from app.run_view import RunView
@@ -63,9 +62,9 @@ def job_describes_run(job: Job, view: RunView) -> bool:
 
 def run_status(view: RunView, job: Job | None = None, holder_pid: int | None = None) -> RunStatus:
     """The run's status; ``job`` is the newest UI job for its folder, ``holder_pid`` the lock's holder."""
-    problems = tuple(failed_exports(view))
     if job is not None and job_describes_run(job, view):
         return job_status(view, job)
+    problems = tuple(failed_exports(view))
     if view.status in ("completed", "stopped", "failed"):
         reason = view.error if view.status == "failed" else ""
         return _final(view.status, reason, problems)
@@ -151,8 +150,3 @@ def run_info_html(name: str, view: RunView, status: RunStatus, adapter_found: bo
     if not adapter_found:
         lines.append("<div>No adapter exported yet.</div>")
     return "".join(lines)
-
-
-def status_cells(status: RunStatus) -> dict[str, Any]:
-    """CSS for the runs table's status cell: red when the run failed."""
-    return {"color": "#b42318", "font-weight": "600"} if status.failed else {}

@@ -176,26 +176,23 @@ class Studio:
 
     def runs(self) -> list[tuple[Path, RunView, RunStatus]]:
         """Every run folder, newest first, with its events read and its status from all sources."""
-        newest_job: dict[Path, Any] = {}
-        for job in self.jobs.jobs():  # newest first: the first started job per folder speaks for it
-            if job.started is not None:
-                newest_job.setdefault(job.run_dir.resolve(), job)
-        result = []
-        for run_dir in self.run_dirs():
-            view = load_view(run_dir)
-            result.append((run_dir, view, self._status(run_dir, view, newest_job.get(run_dir.resolve()))))
-        return result
+        jobs = self._newest_job_per_run()
+        return [(run_dir, *self.run_status_of(run_dir, jobs)) for run_dir in self.run_dirs()]
 
-    def run_status_of(self, run_dir: Path) -> tuple[RunView, RunStatus]:
+    def run_status_of(self, run_dir: Path, jobs: dict[Path, Any] | None = None) -> tuple[RunView, RunStatus]:
+        """One run's events and its status: the job record first, then the events, then the lock."""
         view = load_view(run_dir)
-        target = run_dir.resolve()
-        job = next((j for j in self.jobs.jobs() if j.started is not None and j.run_dir.resolve() == target), None)
-        return view, self._status(run_dir, view, job)
-
-    def _status(self, run_dir: Path, view: RunView, job: Any | None) -> RunStatus:
+        job = (self._newest_job_per_run() if jobs is None else jobs).get(run_dir.resolve())
         # Probe the lock only where nothing else can tell (no job record, no `finished` event).
         unexplained = (job is None or not job_describes_run(job, view)) and view.status in ("waiting", "running")
-        return run_status(view, job, lock_holder(run_dir) if unexplained else None)
+        return view, run_status(view, job, lock_holder(run_dir) if unexplained else None)
+
+    def _newest_job_per_run(self) -> dict[Path, Any]:
+        newest: dict[Path, Any] = {}
+        for job in self.jobs.jobs():  # newest first
+            if job.started is not None:
+                newest.setdefault(job.run_dir.resolve(), job)
+        return newest
 
     def reserved_names(self) -> set[str]:
         return {job.name for job in self.jobs.jobs()}

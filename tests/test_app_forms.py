@@ -180,6 +180,10 @@ def test_monitor_resends_only_what_changed_and_throttles_the_charts():
     # Nothing running or queued any more: the page slows its polling, once.
     sent, memo = memo.updates(monitor_memo("job1", "completed", view, [], "step 2"), CHART_INTERVAL_S + 1)
     assert sent == {"progress", "queue", "poll_s"} and memo.poll_s == IDLE_POLL_S
+    # A job ending (its outcome box) is sent on its own, and not again while it stays the same.
+    sent, memo = memo.updates(monitor_memo("job1", "completed", view, [], "step 2", "<div>ended</div>"), CHART_INTERVAL_S + 2)
+    assert sent == {"outcome"}
+    assert memo.updates(monitor_memo("job1", "completed", view, [], "step 2", "<div>ended</div>"), CHART_INTERVAL_S + 3)[0] == set()
 
 
 def test_loss_rows_have_raw_and_smoothed_series():

@@ -47,6 +47,7 @@ def test_page_builds(tmp_path):
     ids = {getattr(block, "elem_id", None) for block in page.blocks.values()}
     assert {"dataset-upload", "start-btn", "stop-btn", "loss-plot", "preview-gallery", "download-kohya"} <= ids
     assert "cfg-network-rank" in ids and "cfg-run-output_dir" not in ids
+    assert page.analytics_enabled is False  # no telemetry or version check, whatever the environment says
 
 
 def test_dataset_report_runs_in_a_trainer_process(tmp_path):

@@ -281,9 +281,10 @@ def test_typing_while_the_page_opens_is_kept(ui_server, browser_page):
     # Reopen the page and type at once. The page's own on-open answers are held back until the typing is
     # done, as on a slow machine, so the test is deterministic rather than a race won 2 times in 4.
     held: list = []
+    releasing = False
 
     def hold(route) -> None:
-        if held and held[0] is None:  # released: let it through
+        if releasing:
             route.continue_()
         else:
             held.append(route)
@@ -296,8 +297,8 @@ def test_typing_while_the_page_opens_is_kept(ui_server, browser_page):
     while not held and time.monotonic() < deadline:
         page.wait_for_timeout(50)
     assert held, "the page sent no on-open request"
-    routes, held[:] = list(held), [None]
-    for route in routes:
+    releasing = True
+    for route in held:
         route.continue_()
     # The untouched field takes the newest job's value (so the answer has arrived); the typed one stays.
     page.wait_for_function(
@@ -346,12 +347,10 @@ def test_killed_run_is_failed_in_runs_while_the_queued_job_runs(ui_server, brows
     # Runs: the dead run is failed with its exit code (not "running" forever), in red.
     page.get_by_role("tab", name="3 · Runs").click()
     page.locator("#runs-refresh").click()
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#runs-table tr')].some(r => r.innerText.includes('doomed')"
-        " && r.innerText.includes('failed — killed by SIGKILL (exit -9'))", timeout=30_000, polling=250,
-    )
-    cell = page.locator("#runs-table td").filter(has_text="failed — killed by SIGKILL (exit -9").first
-    assert cell.evaluate("c => getComputedStyle(c).color") == "rgb(180, 35, 24)"  # #b42318
+    cell = page.locator("#runs-table").get_by_text("failed — killed by SIGKILL (exit -9").locator("visible=true").first
+    cell.wait_for(timeout=30_000)
+    assert cell.evaluate("c => getComputedStyle(c).color") == "rgb(180, 35, 24)"  # #b42318: red
+    page.locator("#runs-table").get_by_text("doomed", exact=True).locator("visible=true").first.wait_for()
     _shot(page, "12-killed-runs")
     _, record = _job_record(tmp, "next-job")
     assert record["state"] == "running", "the queued job should be running while the dead one is shown failed"

@@ -14,6 +14,7 @@ import pytest
 
 from trainer.cache_folder import MANIFEST, CacheBuildError, CacheFolder
 from trainer.config import ModelConfig
+from trainer.events import read_events
 from trainer.models.builtin import builtin_cache, builtin_model_path
 from trainer.models.loading import load_base_model
 
@@ -182,3 +183,5 @@ def test_accelerate_two_processes_on_an_empty_cache(empty_cache, tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert (tmp_path / "runs" / "dist" / "dist.safetensors").is_file()
     assert builtin_cache("builtin:tiny-sd").problem() is None
+    kinds = [e["type"] for e in read_events(tmp_path / "runs" / "dist")]
+    assert kinds.count("started") == 1 and kinds.count("finished") == 1, f"rank 0 alone records the run: {kinds}"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from trainer.config import Config
+from trainer.config import UNET_TARGET_PRESETS, Config
 from trainer.models.builtin import builtin_model_path
 from trainer.models.probe import FAMILY_NAMES
 from trainer.preflight import preflight
@@ -281,7 +281,7 @@ def test_hub_id_online(make_config, hub_cache, monkeypatch, tiny_sd):
     assert len(errors) == 1 and "not found on the Hugging Face hub" in errors[0], errors
     monkeypatch.setattr(probe, "_ask_hub", lambda repo, revision: "ConnectError")
     unreachable = preflight(make_config(model__base="someone/typo"))
-    assert unreachable.ok and any("did not answer" in w for w in unreachable.warnings), unreachable.warnings
+    assert unreachable.ok and any("could not be reached (ConnectError)" in w for w in unreachable.warnings), unreachable.warnings
     monkeypatch.setattr(probe, "_ask_hub", lambda repo, revision: pytest.fail("a cached model needs no request"))
     _fake_hub_cache(hub_cache, "someone/cached", source=tiny_sd)
     cached = preflight(make_config(model__base="someone/cached"))
@@ -346,6 +346,17 @@ def test_unreadable_image_is_an_error_unless_skipped(make_config, tmp_path):
     assert len(errors) == 1 and "notes.png" in errors[0] and "skip_bad_images" in errors[0], errors
     skipped = preflight(make_config(dataset__path=str(folder), dataset__skip_bad_images=True))
     assert skipped.ok and any("notes.png" in w for w in skipped.warnings), skipped.warnings
+
+
+def test_a_file_system_error_is_a_message_naming_the_setting(make_config, monkeypatch):
+    import trainer.preflight as pf
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/locked")
+
+    monkeypatch.setattr(pf, "scan_folder", denied)
+    errors = _errors_about(preflight(make_config()), "`dataset.path`")
+    assert errors == ["`dataset.path`: cannot read (/data/locked): Permission denied; check the path and its permissions"]
 
 
 def test_reg_path_must_exist_unless_class_images_fill_it(make_config, tmp_path):
@@ -416,6 +427,8 @@ def test_init_from_file_problems(make_config, tmp_path):
     assert "no LoRA weights found" in errors_for(_file(tmp_path, {"weight": _zeros(2)}, "b.safetensors"))[0]
     lycoris = _file(tmp_path, {"lora_unet_x.hada_w1_a": _zeros(2), "lora_unet_y.lora_down.weight": _zeros(2, 2)}, "c.safetensors")
     assert "not a plain LoRA" in errors_for(lycoris)[0]
+    flat = _file(tmp_path, {"lora_unet_x.lora_down.weight": _zeros(2), "lora_unet_x.lora_up.weight": _zeros(2)}, "d.safetensors")
+    assert "not (rank, in, ...)" in errors_for(flat)[0]
 
 
 def test_init_from_metadata_names_the_family(make_config, tmp_path):
@@ -481,6 +494,97 @@ def test_real_exported_adapter(injected, make_config, tmp_path, made_on, used_on
     assert report.ok == fits, report.errors
     if not fits:
         assert _errors_about(report, "was made for a different base model"), report.errors
+
+
+# SDXL kohya files name the whole UNet in sd-scripts' sgm/LDM layout (``down_blocks.1.resnets.0.conv1`` is
+# ``lora_unet_input_blocks_4_0_in_layers_2``): the probe must read those names as the loader does.
+
+RESNET = ["conv1", "conv2", "conv_shortcut", "time_emb_proj"]
+SDXL_UNET_TARGETS = {
+    **{name: (name, []) for name in UNET_TARGET_PRESETS},
+    "custom-resnets": ("custom", RESNET),
+    "custom-attention-and-resnets": ("custom", [*UNET_TARGET_PRESETS["attention"], *RESNET]),
+    # every Linear/Conv2d LoRA can wrap in an SDXL UNet; ``conv`` is the down/upsamplers' conv
+    "custom-every-layer": ("custom", [*UNET_TARGET_PRESETS["kohya"], *RESNET, "conv", "conv_in", "conv_out",
+                                      "time_embedding.linear_1", "time_embedding.linear_2",
+                                      "add_embedding.linear_1", "add_embedding.linear_2"]),
+}
+Exported = namedtuple("Exported", "path model")
+
+
+@pytest.fixture(scope="module")
+def sdxl_export(tmp_path_factory):
+    """targets (a SDXL_UNET_TARGETS key) -> a kohya file exported from tiny-sdxl with LoRA (rank 4) on those
+    UNet layers and both text encoders' attention, as a run writes it."""
+    from test_export import export
+    from test_export_sdxl_layout import sdxl_adapter
+
+    from trainer.config import ModelConfig
+    from trainer.models.loading import load_base_model
+
+    base, files = load_base_model(ModelConfig(base="builtin:tiny-sdxl")), {}
+
+    def get(targets: str) -> Exported:
+        if targets not in files:
+            model, cfg = sdxl_adapter(base, *SDXL_UNET_TARGETS[targets])
+            [result] = export(model, cfg, tmp_path_factory.mktemp(targets), dtype="fp16")
+            files[targets] = Exported(result.path, model)
+        return files[targets]
+
+    return get
+
+
+def _sdxl_init_from(make_config, path, targets):
+    preset, modules = SDXL_UNET_TARGETS[targets]
+    return make_config(model__base="builtin:tiny-sdxl", network__init_from=str(path), network__rank=4,
+                       network__unet_targets=preset, network__unet_target_modules=list(modules),
+                       network__train_text_encoder=True)
+
+
+def _unet_modules(path) -> set[str]:
+    from trainer.safetensors_header import read_header
+
+    return {k.split(".", 1)[0] for k in read_header(path, "test").tensors if k.startswith("lora_unet_")}
+
+
+@pytest.mark.parametrize("targets", list(SDXL_UNET_TARGETS), ids=list(SDXL_UNET_TARGETS))
+def test_exported_sdxl_adapter_fits_its_own_unet_targets(sdxl_export, make_config, targets):
+    path = sdxl_export(targets).path
+    assert all(m.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_",
+                             "lora_unet_time_embed_", "lora_unet_label_emb_", "lora_unet_out_"))
+               for m in _unet_modules(path)), "the file is meant to be in the sgm layout"
+    report = preflight(_sdxl_init_from(make_config, path, targets))
+    assert not _errors_about(report, "`network.init_from`") and report.ok, report.errors
+
+
+def test_sdxl_adapter_in_the_old_diffusers_layout_still_fits(sdxl_export, make_config, tmp_path):
+    """Files written before one layout per file spelled SDXL ResNet layers the diffusers way."""
+    from safetensors.torch import load_file
+    from safetensors.torch import save_file as save_torch
+
+    from trainer.export.keys import KohyaNaming
+
+    exported = sdxl_export("custom-attention-and-resnets")
+    naming = KohyaNaming.for_model(exported.model)
+    old = {naming.name("unet", n): f"lora_unet_{n.replace('.', '_')}"
+           for n, m in exported.model.unet.named_modules() if hasattr(m, "lora_A") and any(r in n for r in RESNET)}
+    tensors = {old.get(k.split(".", 1)[0], k.split(".", 1)[0]) + "." + k.split(".", 1)[1]: v
+               for k, v in load_file(str(exported.path)).items()}
+    save_torch(tensors, str(tmp_path / "old.safetensors"))
+    assert any("_resnets_" in m for m in _unet_modules(tmp_path / "old.safetensors"))
+    report = preflight(_sdxl_init_from(make_config, tmp_path / "old.safetensors", "custom-attention-and-resnets"))
+    assert report.ok, report.errors
+
+
+@pytest.mark.parametrize(("made_with", "used_with", "message"), [
+    ("custom-attention-and-resnets", "attention", "layers this network does not adapt"),
+    ("custom-resnets", "attention", "layers this network does not adapt"),
+    ("attention", "custom-attention-and-resnets", "no conv1, conv2, conv_shortcut, time_emb_proj layers"),
+])
+def test_sdxl_adapter_with_other_unet_targets_is_refused(sdxl_export, make_config, made_with, used_with, message):
+    path = sdxl_export(made_with).path
+    errors = _errors_about(preflight(_sdxl_init_from(make_config, path, used_with)), "`network.init_from`")
+    assert len(errors) == 1 and message in errors[0] and str(path) in errors[0], errors
 
 
 # ---------------------------------------------------------------------------------------------

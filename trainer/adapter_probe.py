@@ -6,12 +6,18 @@ rank of ``network.rank``, layers inside the configured targets and covering each
 that fit the base (cross-attention input = the UNet's ``cross_attention_dim``, text-encoder inputs =
 each encoder's ``hidden_size``). ``ss_base_model_version`` (sd-scripts' metadata) backs this up when
 the base's widths cannot be read without loading it.
+
+Targets are diffusers module names, matched by suffix. SDXL kohya files name the UNet in sd-scripts'
+sgm/LDM layout (``lora_unet_input_blocks_4_0_in_layers_2`` is ``down_blocks.1.resnets.0.conv1``), so for
+an SDXL base those names are first mapped back to the diffusers layout with the writer's own
+``KohyaNaming`` (``export.keys``), the table the loader resolves them with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from trainer.config import NetworkConfig
 from trainer.models.probe import FAMILY_NAMES, ModelProbe
@@ -22,6 +28,8 @@ KEY = "`network.init_from`"
 KOHYA_COMPONENTS = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
 # ss_base_model_version prefixes (sd-scripts / our metadata.BASE_MODEL_VERSIONS) -> family
 VERSION_FAMILIES = (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))
+# Down/up blocks enumerated when the base's UNet config cannot be read (SDXL has 3).
+UNKNOWN_BLOCKS = 8
 
 
 @dataclass
@@ -29,6 +37,12 @@ class AdapterModule:
     component: str  # unet, text_encoder, text_encoder_2
     name: str  # as in the file: a kohya name, or the PEFT path after the component
     down: tuple[int, ...]  # lora_down / lora_A shape: (rank, in, ...)
+    layout_name: str = ""  # an SDXL UNet layer named in the sgm layout: its kohya name in the diffusers one
+
+    @property
+    def target_name(self) -> str:
+        """The name targets are matched against."""
+        return self.layout_name or self.name
 
 
 @dataclass
@@ -53,6 +67,8 @@ def check_init_from(source: str, network: NetworkConfig, base: ModelProbe) -> Ad
     except HeaderError as err:
         check.errors.append(str(err))
         return check
+    if base.family in ("sdxl", None):  # None: not known without loading; the names then decide
+        _name_in_diffusers_layout(modules, base.config("unet"))
     ranks = sorted({m.down[0] for m in modules})
     if ranks != [network.rank]:
         check.errors.append(
@@ -78,7 +94,8 @@ def adapter_modules(header: SafetensorsHeader) -> list[AdapterModule]:
         if bad:
             raise HeaderError(f"{KEY} {path}: not a plain LoRA (LyCORIS/DoRA or incomplete modules are not supported): "
                               f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-        return [AdapterModule(_kohya_component(m), m, header.tensors[f"{m}.lora_down.weight"].shape) for m in groups]
+        return _well_formed(path, [AdapterModule(_kohya_component(m), m, header.tensors[f"{m}.lora_down.weight"].shape)
+                                   for m in groups])
     if any(n.endswith(".lora_A.weight") for n in names):
         unexpected = [n for n in names if not n.endswith((".lora_A.weight", ".lora_B.weight"))]
         if unexpected:
@@ -88,11 +105,19 @@ def adapter_modules(header: SafetensorsHeader) -> list[AdapterModule]:
             if n.endswith(".lora_A.weight"):
                 component, _, module = n.removesuffix(".lora_A.weight").partition(".")
                 out.append(AdapterModule(component, module, header.tensors[n].shape))
-        return out
+        return _well_formed(path, out)
     raise HeaderError(
         f"{KEY} {path}: no LoRA weights found (expected kohya `.lora_down.weight` or PEFT `.lora_A.weight` keys); "
         f"first keys: {', '.join(names[:3]) or 'none'}"
     )
+
+
+def _well_formed(path: Path, modules: list[AdapterModule]) -> list[AdapterModule]:
+    flat = next((m for m in modules if len(m.down) < 2), None)
+    if flat is not None:
+        raise HeaderError(f"{KEY} {path}: {flat.name} has a down weight of shape {flat.down}, not (rank, in, ...); "
+                          "the file is damaged or not a LoRA")
+    return modules
 
 
 def _kohya_component(name: str) -> str:
@@ -102,9 +127,67 @@ def _kohya_component(name: str) -> str:
 
 def _matches(module: AdapterModule, target: str) -> bool:
     """PEFT's suffix rule; kohya names spell the module path with ``_`` for ``.``."""
-    if "." in module.name and not module.name.startswith("lora_"):
-        return module.name == target or module.name.endswith("." + target)
-    return module.name.endswith("_" + target.replace(".", "_"))
+    name = module.target_name
+    if "." in name and not name.startswith("lora_"):
+        return name == target or name.endswith("." + target)
+    return name.endswith("_" + target.replace(".", "_"))
+
+
+def _name_in_diffusers_layout(modules: list[AdapterModule], unet: dict[str, Any] | None) -> None:
+    """Set ``layout_name`` of each kohya UNet module named in sd-scripts' SDXL (sgm) layout.
+
+    As the loader does (``export.formats.layer_table``), the names are looked up in a table built with
+    ``KohyaNaming.spellings`` from the UNet's diffusers layer paths, here enumerated from ``unet`` (its
+    config; None when it cannot be read). The layers inside a transformer block keep their diffusers names
+    in the sgm layout (``input_blocks_4_1_`` + ``transformer_blocks_0_attn1_to_q``), so only the block is
+    renamed. Diffusers-layout names (SD 1.x/2.x, and SDXL files written before one layout per file) and
+    names the table lacks are left as they are.
+    """
+    layers, blocks = _sgm_layout(unet or {})
+    for m in modules:
+        if m.component != "unet" or not m.name.startswith("lora_unet_"):
+            continue
+        if m.name in layers:
+            m.layout_name = layers[m.name]
+            continue
+        prefix = next((p for p in blocks if m.name.startswith(p)), None)
+        if prefix is not None:
+            m.layout_name = blocks[prefix] + m.name.removeprefix(prefix)
+
+
+def _sgm_layout(unet: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """(layers, blocks) of an SDXL UNet: kohya name -> diffusers-layout kohya name of each ResNet, sampler and
+    top-level layer, and of each transformer block's name prefix (``lora_unet_input_blocks_4_1_`` ->
+    ``lora_unet_down_blocks_1_attentions_0_``). ``KohyaNaming.for_model`` reads the same config values."""
+    from trainer.export import keys  # torch-free: the package resolves its torch-using names lazily
+    per_block = unet.get("layers_per_block", 2)
+    if not isinstance(per_block, int):  # KohyaNaming.for_model: no sgm layout then
+        return {}, {}
+    count = len(unet.get("down_block_types") or ()) or UNKNOWN_BLOCKS
+    up_types = unet.get("up_block_types")
+    plain_options = [()] if up_types is None else [tuple(i for i, t in enumerate(up_types) if "Attn" not in str(t))]
+    if up_types is None:  # which up blocks lack attention is unknown: accept either upsampler slot
+        plain_options.append(tuple(range(count)))
+    paths = list(keys._SGM_TOP_LEVEL)
+    containers = ["mid_block.attentions.0"]
+    for j in range(2):
+        paths += [f"mid_block.resnets.{j}.{layer}" for layer in keys._SGM_RESNET]
+    for i in range(count):
+        paths += [f"down_blocks.{i}.downsamplers.0.conv", f"up_blocks.{i}.upsamplers.0.conv"]
+        for side, n in (("down", per_block), ("up", per_block + 1)):
+            for j in range(n):
+                paths += [f"{side}_blocks.{i}.resnets.{j}.{layer}" for layer in keys._SGM_RESNET]
+                containers.append(f"{side}_blocks.{i}.attentions.{j}")
+    layers, blocks = {}, {}
+    for plain in plain_options:
+        naming = keys.KohyaNaming(num_text_encoders=2, sgm_unet=True, layers_per_block=per_block, plain_up_blocks=plain)
+        for path in paths:
+            for spelling in naming.spellings("unet", path):  # the sgm name, and the diffusers-layout one
+                layers[spelling] = f"lora_unet_{path.replace('.', '_')}"
+        for path in containers:
+            # proj_in: any layer inside the block; its sgm name is the block's plus the layer's own
+            blocks[naming.name("unet", f"{path}.proj_in").removesuffix("proj_in")] = f"lora_unet_{path.replace('.', '_')}_"
+    return layers, blocks
 
 
 def _target_problems(path: Path, modules: list[AdapterModule], network: NetworkConfig) -> list[str]:

@@ -71,11 +71,12 @@ class PreflightReport:
 
 
 class PreflightError(UserFacingError):
-    """The pre-flight check found errors; the message is the whole report."""
+    """The pre-flight check found errors; the message is the report (one error alone reads like any CLI error)."""
 
     def __init__(self, report: PreflightReport):
         self.report = report
-        super().__init__(report.format_text())
+        alone = len(report.errors) == 1 and not report.warnings
+        super().__init__(report.errors[0] if alone else report.format_text())
 
 
 def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
@@ -87,26 +88,38 @@ def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     def unflagged(key: str) -> bool:
         return key not in flagged
 
-    model = probe_base_model(cfg.model) if unflagged("model.base") else ModelProbe()
+    probed = _unless_os_error(report, "model.base", lambda: probe_base_model(cfg.model)) if unflagged("model.base") else None
+    model = probed or ModelProbe()
+    model_ok = probed is not None and not probed.errors
     report.errors += model.errors
     report.warnings += model.warnings
     if cfg.model.vae.strip() and unflagged("model.vae"):
-        report.errors += vae_problems(cfg.model.vae)
-    images, items = _check_datasets(cfg, report, unflagged)
+        report.errors += _unless_os_error(report, "model.vae", lambda: vae_problems(cfg.model.vae)) or []
+    images, items = _unless_os_error(report, "dataset.path", lambda: _check_datasets(cfg, report, unflagged)) or (0, 0)
     if cfg.network.init_from.strip() and unflagged("network.init_from"):
-        adapter = check_init_from(cfg.network.init_from, cfg.network, ModelProbe() if model.errors else model)
+        adapter = check_init_from(cfg.network.init_from, cfg.network, model if model_ok else ModelProbe())
         report.errors += adapter.errors
         report.warnings += adapter.warnings
-    if model.kind and not model.errors:
+    if model_ok:
         family = FAMILY_NAMES.get(model.family or "", "family known once loaded")
         report.notes.append(f"model.base: {model.kind}, {family}")
-    if not flagged and not model.errors:  # these compute with the settings and the model's facts
+    if not flagged and model_ok:  # these compute with the settings and the model's facts
         _check_resolution(cfg, model, report)
-        _check_disk(cfg, model, images, items, report)
-    if unflagged("run.name") and (problem := run_dir_problem(cfg, resume)) is not None:
+        _unless_os_error(report, "run.output_dir", lambda: _check_disk(cfg, model, images, items, report))
+    if unflagged("run.name") and (problem := _unless_os_error(report, "run.name", lambda: run_dir_problem(cfg, resume))):
         report.errors.append(problem)
     report.seconds = time.monotonic() - start
     return report
+
+
+def _unless_os_error(report: PreflightReport, key: str, check: Any) -> Any:
+    """``check()``; a file system error on the way (no permission, a vanished disk) becomes an error naming ``key``."""
+    try:
+        return check()
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        report.errors.append(f"`{key}`: cannot read{where}: {err.strerror or err}; check the path and its permissions")
+        return None
 
 
 def _check_datasets(cfg: Config, report: PreflightReport, unflagged: Any) -> tuple[int, int]:

@@ -94,13 +94,13 @@ def train(cfg: Config, resume: bool = False, show_progress: bool = True) -> Trai
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
-    if not is_main_launch_process():  # other accelerate ranks: rank 0 checks, locks and cleans the folder
-        return _train_in(cfg, cfg.run_dir, resume, show_progress)
+    if not is_main_launch_process():  # other accelerate ranks: rank 0 checks, locks, cleans and records
+        return _train_in(cfg, cfg.run_dir, resume, show_progress, main=False)
     if (problem := run_dir_problem(cfg, resume)) is not None:
         raise UserFacingError(problem)
     lock = RunLock(cfg.run_dir).acquire()
     try:
-        return _train_in(cfg, prepare_run_dir(cfg, resume), resume, show_progress)
+        return _train_in(cfg, prepare_run_dir(cfg, resume), resume, show_progress, main=True)
     finally:
         lock.release()
 
@@ -110,19 +110,19 @@ def is_main_launch_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-def _train_in(cfg: Config, run_dir: Path, resume: bool, show_progress: bool) -> TrainResult:
-    if not resume:
+def _train_in(cfg: Config, run_dir: Path, resume: bool, show_progress: bool, main: bool) -> TrainResult:
+    if main and not resume:
         write_run_config(cfg)
     # A resume writes nothing (config, events) until its set-up succeeded: a failed or stopped attempt
-    # leaves the run's record — and a completed run's "completed" — as it was.
-    events = EventWriter(run_dir, hold=resume)
+    # leaves the run's record — and a completed run's "completed" — as it was. Only rank 0 records events.
+    events = EventWriter(run_dir, hold=resume or not main)
     log = setup_logging(run_dir)
     stop = StopRequest(run_dir, immediate=True).install()
     session: Session | None = None
     try:
         session = setup(cfg, run_dir, events, log, resume, stop)
         stop.check()  # a STOP file written while the model loaded
-        if resume:
+        if resume and main:
             write_run_config(cfg)
             events.release()
         stop.immediate = False

@@ -5,20 +5,27 @@ diffusers pipeline; ``load_adapter_weights`` starts a run from an existing file 
 ``convert_adapter`` rewrites a file in the other format.
 """
 
-from trainer.export.formats import (
-    DIFFUSERS,
-    KOHYA,
-    AdapterFile,
-    AdapterFileError,
-    diffusers_state_dict,
-    kohya_state_dict,
-    read_adapter_file,
-)
-from trainer.export.keys import LoraModule, adapter_modules
-from trainer.export.loader import AdapterMismatchError, LoadedAdapter, load_adapter_weights
-from trainer.export.metadata import TrainingMetadata
-from trainer.export.verify import Verification, verify_adapter
-from trainer.export.writer import ExportResult, convert_adapter, export_adapter, export_paths
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562), so ``trainer.export.keys`` — torch-free — can be imported by the
+# pre-flight check without loading torch through the writers.
+_WHERE = {
+    "DIFFUSERS": "formats", "KOHYA": "formats", "AdapterFile": "formats", "AdapterFileError": "formats",
+    "diffusers_state_dict": "formats", "kohya_state_dict": "formats", "read_adapter_file": "formats",
+    "LoraModule": "keys", "adapter_modules": "keys",
+    "AdapterMismatchError": "loader", "LoadedAdapter": "loader", "load_adapter_weights": "loader",
+    "TrainingMetadata": "metadata",
+    "Verification": "verify", "verify_adapter": "verify",
+    "ExportResult": "writer", "convert_adapter": "writer", "export_adapter": "writer", "export_paths": "writer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
 
 __all__ = [
     "DIFFUSERS",

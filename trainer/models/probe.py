@@ -118,7 +118,7 @@ def _probe_folder(where: str, cfg: ModelConfig, probe: ModelProbe, weights: bool
 def _check_weights(component_dir: Path, variant: str) -> None:
     files = [p.name for p in component_dir.iterdir() if p.name.endswith(".safetensors")]  # loaders: use_safetensors
     if variant:
-        files = [n for n in files if f".{variant}." in n]
+        files = [n for n in files if f".{variant}." in n or f".{variant}-" in n]  # single or sharded
     if not files:
         which = f" for variant {variant!r} (`model.variant`)" if variant else ""
         raise ModelLoadError(
@@ -167,9 +167,10 @@ def _probe_hub(repo_id: str, cfg: ModelConfig, probe: ModelProbe) -> None:
             "with `hf auth login`); check the id, or set a local folder"
         )
     if answer != "ok":
+        why = f"did not answer within {HUB_TIMEOUT_S:g} s" if answer == "no answer" else f"could not be reached ({answer})"
         probe.warnings.append(
-            f"`model.base` {repo_id!r}: the Hugging Face hub did not answer within {HUB_TIMEOUT_S:g} s ({answer}); "
-            "the trainer will try to download it"
+            f"`model.base` {repo_id!r} could not be checked: the Hugging Face hub {why}; the trainer will try to "
+            "download it (set a local folder if this machine is offline)"
         )
 
 
