@@ -127,18 +127,24 @@ def test_leftovers_of_killed_writers_are_removed_on_resume(make_config):
     assert not [p for p in leftovers if p.exists()]
 
 
-def test_sigterm_during_latent_caching_stops_at_once(make_config, monkeypatch):
-    cfg = make_config("term", dataset__cache_latents="memory")
+def _encode_calling(monkeypatch, on_first) -> list[int]:
+    """Make latent caching call ``on_first`` while it encodes the first image; returns the encode calls."""
     real_encode = LatentCache._encode
-    encoded = []
+    encoded: list[int] = []
 
-    def encode_then_term(*args, **kwargs):
+    def encode(*args, **kwargs):
         encoded.append(1)
         if len(encoded) == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+            on_first()
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(LatentCache, "_encode", staticmethod(encode_then_term))
+    monkeypatch.setattr(LatentCache, "_encode", staticmethod(encode))
+    return encoded
+
+
+def test_sigterm_during_latent_caching_stops_at_once(make_config, monkeypatch):
+    cfg = make_config("term", dataset__cache_latents="memory")
+    encoded = _encode_calling(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGTERM))
     result = train(cfg, show_progress=False)
     assert result.status == "stopped" and result.step == 0
     assert len(encoded) == 1, f"caching must stop at the signal, encoded {len(encoded)} of 8 images"
@@ -147,15 +153,7 @@ def test_sigterm_during_latent_caching_stops_at_once(make_config, monkeypatch):
 
 def test_stop_file_during_latent_caching_is_honoured(make_config, monkeypatch):
     cfg = make_config("stopfile", dataset__cache_latents="memory")
-    real_encode = LatentCache._encode
-    encoded = []
-
-    def encode_then_stop(*args, **kwargs):
-        encoded.append(1)
-        (cfg.run_dir / "STOP").touch()  # what the UI's Stop writes
-        return real_encode(*args, **kwargs)
-
-    monkeypatch.setattr(LatentCache, "_encode", staticmethod(encode_then_stop))
+    encoded = _encode_calling(monkeypatch, lambda: (cfg.run_dir / "STOP").touch())  # what the UI's Stop writes
     result = train(cfg, show_progress=False)
     assert result.status == "stopped" and len(encoded) == 1
 

@@ -141,3 +141,10 @@ def test_cli_reports_errors_without_traceback(tmp_path, make_config):
         train(cfg, show_progress=False)
     finished = [json.loads(line) for line in (cfg.run_dir / "events.jsonl").read_text().splitlines()][-1]
     assert finished["type"] == "finished" and finished["status"] == "failed"
+
+
+def test_rank_above_layer_width_is_a_warning_event(make_config):
+    cfg = make_config("wide", network__rank=64, training__max_steps=1)
+    train(cfg, show_progress=False)
+    warnings = [e["message"] for e in read_events(cfg.run_dir) if e["type"] == "warning"]
+    assert any("effective rank 32" in w for w in warnings), warnings

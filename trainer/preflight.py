@@ -143,7 +143,8 @@ def _check_datasets(cfg: Config, report: PreflightReport, unflagged: Any) -> tup
 def _checked(scan: Any, key: str, folder: str, cfg: Config, report: PreflightReport) -> list[ImageRecord]:
     """``dataset._checked_records``'s rules on a header-only scan; returns the usable records."""
     if scan.missing:
-        report.errors.append(f"`{key}` folder not found: {folder}; point it at a folder of images")
+        where = folder if Path(folder).expanduser().is_absolute() else f"{folder} (that is, {Path(folder).resolve()})"
+        report.errors.append(f"`{key}` folder not found: {where}; point it at a folder of images")
         return []
     if scan.problems:
         report.errors.append(f"`{key}` ({folder}) has {len(scan.problems)} problem(s) to fix: {_listed(scan.problems)}")
