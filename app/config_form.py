@@ -26,6 +26,20 @@ from trainer.config import (
     validate,
 )
 
+# The form's section titles, for people; a section without one is shown capitalised ("Tracking").
+SECTION_TITLES = {
+    "run": "Run name",
+    "model": "Model",
+    "dataset": "Dataset",
+    "network": "Adapter (network)",
+    "optimizer": "Optimizer and learning rate",
+    "training": "Training",
+    "sampling": "Previews",
+    "checkpoint": "Checkpoints",
+    "export": "Export",
+    "validation": "Validation",
+    "tracking": "Experiment tracking",
+}
 # Set by the UI itself, never typed by the user: runs always go under the UI's runs dir.
 UI_MANAGED_KEYS = ("run.output_dir",)
 LIST_SEPARATOR = "\n"
@@ -61,6 +75,11 @@ class FormField:
         return self.info.advanced
 
 
+def section_title(section: str) -> str:
+    """``"optimizer"`` → ``"Optimizer and learning rate"``: the words above a group of settings."""
+    return SECTION_TITLES.get(section, section.replace("_", " ").capitalize())
+
+
 def form_fields() -> list[FormField]:
     """Every user-editable setting, in the trainer's declaration order."""
     return [FormField(info) for info in field_infos() if info.key not in UI_MANAGED_KEYS]
@@ -87,6 +106,16 @@ def apply_preset(cfg: Config, preset: str) -> Config:
     for section, values in PRESETS[preset].items():
         current[section].update({k: fresh[section][k] for k in values})
     return config_from_dict(current)
+
+
+def preset_changes(before: Config, after: Config) -> list[str]:
+    """What applying a preset changed, one ``section.name: old → new`` a setting, in the form's order."""
+    old, new = config_to_dict(before), config_to_dict(after)
+    return [
+        f"{field.key}: {old[field.info.section][field.info.name]!r} → {new[field.info.section][field.info.name]!r}"
+        for field in form_fields()
+        if old[field.info.section][field.info.name] != new[field.info.section][field.info.name]
+    ]
 
 
 def config_to_values(cfg: Config) -> list[Any]:
@@ -176,6 +205,10 @@ def unique_run_name(runs_dir: Path, name: str, reserved: set[str] | frozenset[st
     taken |= set(reserved)
     if name not in taken:
         return name
+    # `my-lora-2` taken (the form reopens with the newest run's name): `my-lora-3`, not `my-lora-2-2`.
+    stem, dash, number = name.rpartition("-")
+    if dash and number.isdigit() and stem in taken:
+        name = stem
     n = 2
     while f"{name}-{n}" in taken:
         n += 1

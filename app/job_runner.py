@@ -9,6 +9,9 @@ process (``app.jobs.JobManager``) reads it to tell "completed", "failed with exi
 
 Usage: ``python -m app.job_runner JOB_DIR -- TRAINER_COMMAND...``
 
+A warm trainer (``JobManager(warm_standby=True)``) is started this way in a standby folder before any job
+exists; the job it serves is named in that folder's ``go.json`` (``job_dir``), and the exit record goes there.
+
 Imports only the standard library and ``trainer.atomic``: never torch.
 """
 
@@ -27,11 +30,20 @@ from trainer.atomic import write_text
 EXIT_FILE = "exit.json"  # {"exit_code": int (negative: killed by that signal), "ended": float}
 RUNNER_FILE = "runner.json"  # {"pid": runner pid, "trainer_pid": int, "started": float}
 LOG_PREFIX = "[job runner]"  # lines the runner itself writes into the job's output.log
+START_FILE = "go.json"  # a standby's start order (trainer.commands.train.START_FILE): {"job_dir": ...}
 NOT_STARTED = 127  # the shell's "command not found"
 
 
 def record_exit(job_dir: Path, exit_code: int) -> None:
     write_text(job_dir / EXIT_FILE, json.dumps({"exit_code": exit_code, "ended": time.time()}))
+
+
+def served_job_dir(job_dir: Path) -> Path:
+    """The job folder this runner ended up serving: its own, or the one a standby was started for."""
+    try:
+        return Path(json.loads((job_dir / START_FILE).read_text(encoding="utf-8"))["job_dir"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return job_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     for signum in pending:  # a stop that came while the trainer was being started
         child.send_signal(signum)
     exit_code = child.wait()
-    record_exit(job_dir, exit_code)
+    record_exit(served_job_dir(job_dir), exit_code)
     return exit_code if exit_code >= 0 else 128 - exit_code
 
 

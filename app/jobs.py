@@ -11,6 +11,10 @@ Why it looks like this:
   of a run that ended while no UI was watching.
 - One ``JobManager`` per ``runs_dir``: it is the only writer of ``job.json``. All methods are
   thread-safe (one lock); the getters return copies, so a UI thread never sees a half-updated job.
+- With ``warm_standby`` (the UI's default) one trainer process is kept ready while nothing trains: it
+  has imported torch, diffusers and the engine and waits in a hidden ``.standby-*`` folder, so *Start
+  training* skips those seconds. A job takes it over by its ``config.toml`` and ``go.json``; its job
+  folder then records the standby's pids and folder (``runner.json`` ``needle``) for the same checks.
 - Imports no torch: only the standard library, ``trainer.atomic`` and ``trainer.events``.
 """
 
@@ -33,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.job_runner import EXIT_FILE, LOG_PREFIX, NOT_STARTED, RUNNER_FILE
+from app.job_runner import EXIT_FILE, LOG_PREFIX, NOT_STARTED, RUNNER_FILE, START_FILE
 from app.trainer_calls import trainer_env
 from trainer.atomic import write_text
 from trainer.events import EVENTS_FILE, EventCursor
@@ -50,6 +54,8 @@ JOBS_DIR = ".jobs"
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.toml"
 OUTPUT_LOG = "output.log"
+STANDBY_PREFIX = ".standby-"
+OWNER_FILE = "owner.json"  # trainer.commands.train.OWNER_FILE: the warm trainer ends with its UI
 DIED_MESSAGE = "the trainer process ended without reporting (exit code unknown)"
 _HAS_PROC = Path("/proc/self/cmdline").exists()
 
@@ -201,6 +207,7 @@ class JobManager:
         *,
         trainer_command: list[str] | None = None,
         grace_seconds: float = 30.0,
+        warm_standby: bool = False,
     ):
         self.runs_dir = Path(runs_dir).expanduser().resolve()
         self.jobs_dir = self.runs_dir / JOBS_DIR
@@ -213,6 +220,9 @@ class JobManager:
         self._last_id_us = 0
         self._thread: threading.Thread | None = None
         self._stop_thread = threading.Event()
+        self.warm_standby = warm_standby
+        self._standby: tuple[Path, subprocess.Popen] | None = None
+        self._remove_standbys()
         self._load()
 
     # -- persistence ---------------------------------------------------------------------------
@@ -285,6 +295,7 @@ class JobManager:
             while not any(j.active for j in self._jobs.values()):
                 queue = self._queue()
                 if not queue:
+                    self._ensure_standby()  # idle: have a trainer ready for the next Start
                     break
                 self._start(queue[0])
 
@@ -313,6 +324,8 @@ class JobManager:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
         self._thread = None
+        with self._lock:
+            self._remove_standbys()
 
     def jobs(self) -> list[Job]:
         """All jobs, newest first."""
@@ -415,10 +428,10 @@ class JobManager:
             return True
         info = self._runner_info(job)
         runner_pid = job.pid or info.get("pid")
-        if proc is None and _pid_matches(runner_pid, str(job.job_dir)):
+        if proc is None and _pid_matches(runner_pid, str(job.job_dir)):  # MUTANT
             return True
         # The runner gone but its trainer still there (someone killed only the runner): still busy.
-        return _pid_matches(info.get("trainer_pid"), str(job.config_path))
+        return _pid_matches(info.get("trainer_pid"), str(job.config_path))  # MUTANT
 
     def _signal_runner(self, job: Job, signum: int) -> None:
         proc = self._procs.get(job.id)
@@ -426,13 +439,14 @@ class JobManager:
             if proc.poll() is None:
                 proc.send_signal(signum)
             return
-        pid = job.pid or self._runner_info(job).get("pid")
-        if _pid_matches(pid, str(job.job_dir)):
+        info = self._runner_info(job)
+        pid = job.pid or info.get("pid")
+        if _pid_matches(pid, info.get("needle") or str(job.job_dir)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         else:  # the runner is gone but the trainer may not be
-            trainer_pid = self._runner_info(job).get("trainer_pid")
-            if _pid_matches(trainer_pid, str(job.config_path)):
+            trainer_pid = info.get("trainer_pid")
+            if _pid_matches(trainer_pid, info.get("needle") or str(job.config_path)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(trainer_pid, signum)
 
@@ -452,6 +466,8 @@ class JobManager:
         job.events_offset = events.stat().st_size if events.is_file() else 0
         job.state, job.started = "running", time.time()
         self._save(job)  # before the process exists: a UI crash right now leaves "running", later "died"
+        if self._start_on_standby(job):
+            return
         command = [
             sys.executable, "-m", "app.job_runner", str(job.job_dir), "--",
             *self.trainer_command, str(job.config_path), "--no-progress", *(["--resume"] if job.resume else []),
@@ -475,6 +491,83 @@ class JobManager:
         job.pid = proc.pid
         self._procs[job.id] = proc
         self._save(job)
+
+    # -- the warm trainer (called with the lock held) -------------------------------------------
+
+    def _ensure_standby(self) -> None:
+        """Start a standby runner + trainer (``train --wait-for-start``) unless one is ready or starting."""
+        if not self.warm_standby:
+            return
+        if self._standby is not None:
+            if self._standby[1].poll() is None:
+                return
+            self._remove_standbys()  # it died (say, out of memory while importing): make another
+        folder = self.jobs_dir / f"{STANDBY_PREFIX}{secrets.token_hex(4)}"
+        folder.mkdir(parents=True)
+        write_text(folder / OWNER_FILE, json.dumps({"pid": os.getpid()}))
+        command = [
+            sys.executable, "-m", "app.job_runner", str(folder), "--",
+            *self.trainer_command, str(folder / CONFIG_FILE), "--no-progress", "--wait-for-start",
+        ]  # fmt: skip
+        try:
+            with open(folder / OUTPUT_LOG, "ab") as output:
+                proc = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                    cwd=str(self.runs_dir), env=trainer_env(), start_new_session=True,
+                )
+        except OSError as err:
+            log.warning("could not start a warm trainer: %s", err)
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        self._standby = (folder, proc)
+
+    def _start_on_standby(self, job: Job) -> bool:
+        """Hand ``job`` to the waiting standby trainer; False (and nothing changed) when there is none ready."""
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return False
+        folder, proc = standby
+        try:
+            runner = json.loads((folder / RUNNER_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            runner = {}
+        if proc.poll() is not None or not runner.get("trainer_pid"):
+            self._standby = standby
+            self._remove_standbys()  # dead, or its trainer not started yet: start cold
+            return False
+        # The trainer's command line names the standby folder: the pid checks look for it (``needle``).
+        write_text(job.job_dir / RUNNER_FILE, json.dumps({**runner, "needle": str(folder)}))
+        (job.job_dir / OUTPUT_LOG).unlink(missing_ok=True)
+        os.symlink(folder / OUTPUT_LOG, job.job_dir / OUTPUT_LOG)
+        shutil.copyfile(job.config_path, folder / CONFIG_FILE)
+        go = {"job_dir": str(job.job_dir), "resume": job.resume, "cwd": job.cwd if job.cwd and Path(job.cwd).is_dir() else str(self.runs_dir)}
+        write_text(folder / START_FILE, json.dumps(go))  # last: the trainer starts on this file
+        job.pid = proc.pid
+        self._procs[job.id] = proc
+        self._save(job)
+        log.info("job %s (%s) started on the warm trainer %s", job.id, job.name, folder.name)
+        return True
+
+    def _remove_standbys(self) -> None:
+        """End and delete every standby that no job took over (this UI's, or a crashed UI's leftovers)."""
+        if self._standby is not None:
+            folder, proc = self._standby
+            self._standby = None
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        for folder in self.jobs_dir.glob(f"{STANDBY_PREFIX}*"):
+            if (folder / START_FILE).exists():
+                continue  # taken over by a job: it is that job's process now
+            try:
+                pid = int(json.loads((folder / RUNNER_FILE).read_text(encoding="utf-8"))["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pid = 0
+            if _pid_matches(pid, str(folder)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _read_exit(self, job: Job) -> tuple[int | None, float | None]:
         """The runner's record: (exit code, when it ended), or (None, None) when it wrote none."""

@@ -118,7 +118,7 @@ def outcome_html(name: str, view: RunView, status: RunStatus, log_tail: str = ""
         check = " Exported adapter verified in diffusers." if verified else ""
         detail = f"<div>{check.strip()} Download it under <i>3 · Runs</i>.</div>"
     elif status.state == "stopped" and not status.failed:
-        detail = "<div>The adapter so far was saved; <i>--resume</i> continues from the last checkpoint.</div>"
+        detail = "<div>The adapter so far was saved; <i>Resume</i> under <i>3 · Runs</i> continues from the last checkpoint.</div>"
     log = ""
     if status.failed and log_tail.strip():
         log = f'<pre class="ls-log">{html.escape(log_tail)}</pre>'
@@ -137,7 +137,8 @@ def run_info_html(name: str, view: RunView, status: RunStatus, adapter_found: bo
         _problems_html(status),
     ]
     files = []
-    for event in view.adapters:
+    newest = {str(event.get("path")): event for event in view.adapters}  # a resumed run exports the same files again
+    for event in newest.values():
         verified = event.get("verified")
         check = {True: "verified in diffusers", None: "not verified"}.get(verified, "self-check FAILED")
         css_check = ' class="ls-bad"' if verified is False else ""

@@ -35,6 +35,26 @@ class Preview:
 
 
 @dataclass
+class Checkpoint:
+    step: int
+    path: str  # relative to the run folder
+    validation_loss: float | None = None
+
+
+@dataclass
+class BestCheckpoint:
+    """The checkpoint with the lowest validation loss, and its adapter file when it is still on disk."""
+
+    step: int
+    validation_loss: float
+    adapter: Path | None
+
+    @property
+    def label(self) -> str:
+        return f"Best checkpoint: step {self.step}, validation loss {self.validation_loss:.4f}"
+
+
+@dataclass
 class RunView:
     """Everything the monitor shows about one run, accumulated from its events."""
 
@@ -46,6 +66,8 @@ class RunView:
     eta_s: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     lrs: list[tuple[int, float]] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, validation loss)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
     previews: list[Preview] = field(default_factory=list)
     adapters: list[dict[str, Any]] = field(default_factory=list)  # export events
     warnings: list[str] = field(default_factory=list)
@@ -76,6 +98,11 @@ class RunView:
                 self.losses.append((self.step, float(event["loss"])))
             if _finite(event.get("lr")):
                 self.lrs.append((self.step, float(event["lr"])))
+        elif kind == "validation" and _finite(event.get("loss")):
+            self.validation.append((int(event["step"]), float(event["loss"])))
+        elif kind == "checkpoint":
+            loss = event.get("validation_loss")
+            self.checkpoints.append(Checkpoint(int(event["step"]), str(event["path"]), float(loss) if _finite(loss) else None))
         elif kind == "sample":
             self.previews.append(Preview(self.run_dir / event["path"], int(event.get("step", 0)), str(event.get("prompt", ""))))
         elif kind == "export":
@@ -233,13 +260,41 @@ def _thin(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
 
 
 def loss_rows(view: RunView) -> list[dict[str, Any]]:
-    """Long-format rows (step, loss, series) for a line chart with raw and smoothed loss."""
+    """Long-format rows (step, loss, series) for a line chart: raw and smoothed training loss, the validation
+    loss, and checkpoint markers (at their validation loss, or the smoothed loss of their step without one)."""
     points = _thin(view.losses)
     smooth = smoothed([loss for _, loss in view.losses])
     smooth_points = _thin(list(zip([s for s, _ in view.losses], smooth, strict=True)))
     rows = [{"step": s, "loss": v, "series": "raw"} for s, v in points]
     rows += [{"step": s, "loss": v, "series": "smoothed"} for s, v in smooth_points]
+    rows += [{"step": s, "loss": v, "series": "validation"} for s, v in view.validation]
+    smooth_at = dict(zip([s for s, _ in view.losses], smooth, strict=True))
+    for ckpt in view.checkpoints:
+        y = ckpt.validation_loss if ckpt.validation_loss is not None else smooth_at.get(ckpt.step)
+        if y is not None:
+            rows.append({"step": ckpt.step, "loss": y, "series": "checkpoint"})
     return rows
+
+
+def best_checkpoint(view: RunView) -> BestCheckpoint | None:
+    """The checkpoint with the lowest validation loss (the earliest on a tie; the trainer never deletes it)."""
+    scored = [c for c in view.checkpoints if c.validation_loss is not None]
+    if not scored:
+        return None
+    best = min(scored, key=lambda c: (c.validation_loss, c.step))
+    folder = view.run_dir / best.path
+    adapters = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    files = [p for p in adapters if p.name not in ("lora_state.safetensors", "ema_state.safetensors")]
+    kohya = [p for p in files if not p.stem.endswith("_diffusers")]
+    return BestCheckpoint(best.step, float(best.validation_loss), (kohya or files or [None])[0])
+
+
+def tracking_hint(run_dir: Path) -> str:
+    """Where a run's TensorBoard logs are and the command that opens them (empty when the run logs none)."""
+    logs = Path(run_dir) / "logs"
+    if not logs.is_dir():
+        return ""
+    return f"TensorBoard logs: `{logs}` — open them with `tensorboard --logdir {logs}` (then http://localhost:6006)."
 
 
 def lr_rows(view: RunView) -> list[dict[str, Any]]:

@@ -77,6 +77,15 @@ def dataset_report(folder: Path) -> str:
     return f"Could not check the dataset: {result.message}"
 
 
+def dataset_health(folder: Path) -> tuple[dict | None, str]:
+    """The trainer's health report for ``folder`` as data (``check-dataset --json``), or None and why not."""
+    result = run_trainer(["check-dataset", str(folder), "--json"], CHECK_TIMEOUT_S)
+    try:
+        return json.loads(result.stdout), ""
+    except ValueError:
+        return None, f"Could not check the dataset: {result.message or result.stdout[-500:]}"
+
+
 def auto_caption(folder: Path, model: str, kind: str, overwrite: bool) -> str:
     """Caption ``folder`` with a BLIP-style captioner or a tagger (the trainer's ``caption`` command)."""
     args = ["caption", str(folder), "--model", model, "--kind", kind] + (["--overwrite"] if overwrite else [])

@@ -16,6 +16,8 @@ behaviour:
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import time
@@ -31,7 +33,14 @@ def main() -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--wait-for-start", action="store_true")  # the warm standby: as the real trainer
     args = parser.parse_args()
+    if args.wait_for_start:
+        while not (args.config.parent / "go.json").exists():
+            time.sleep(0.02)
+        start = json.loads((args.config.parent / "go.json").read_text(encoding="utf-8"))
+        args.resume = bool(start.get("resume"))
+        os.chdir(start["cwd"])
     data = tomllib.loads(args.config.read_text(encoding="utf-8"))
     run, fake = data.get("run", {}), data.get("fake", {})
     mode = fake.get("mode", "normal")

@@ -127,7 +127,7 @@ def test_upload_train_watch_download(ui_server, browser_page):
     page = browser_page
     page.goto(url)
     page.get_by_role("tab", name="1 · Dataset").click()
-    page.locator("#dataset-gallery").wait_for()
+    page.locator("#caption-table").wait_for()
     _shot(page, "01-opened")
 
     # Upload sample_data's images and captions into a new dataset.
@@ -151,7 +151,13 @@ def test_upload_train_watch_download(ui_server, browser_page):
     _set_number(page, "cfg-training-max_steps", 30)
     _set_number(page, "cfg-sampling-every_n_steps", 10)
     _set_number(page, "cfg-sampling-steps", 4)
+    # A non-default adapter type, end to end: LoHa trains, exports with LyCORIS keys, passes the self-check
+    # and is applied by "Try it" (which merges it: diffusers cannot load LoHa).
+    page.locator("#cfg-network-type input").first.click()
+    page.get_by_role("option", name="loha", exact=True).click()
+    assert page.locator("#cfg-network-type input").first.input_value() == "loha"
     page.locator("#start-btn").click()
+    _shot(page, "03a-start-clicked")
     page.locator("#start-message").get_by_text("e2e-run").wait_for()
     _shot(page, "03-started")
 
@@ -187,6 +193,11 @@ def test_upload_train_watch_download(ui_server, browser_page):
     download_button = page.locator("#download-kohya")
     download_button.wait_for(state="visible")
     _shot(page, "06-runs")
+    # The run's detail: its previews as a grid, one row per prompt, one column per step (10, 20, 30).
+    grid = page.locator("#run-previews")
+    grid.wait_for()
+    assert (grid.get_attribute("data-rows"), grid.get_attribute("data-columns")) == ("1", "3")
+    assert grid.locator("img").count() == 3
     with page.expect_download() as info:
         download_button.click()
     saved = tmp / "downloaded.safetensors"
@@ -197,9 +208,9 @@ def test_upload_train_watch_download(ui_server, browser_page):
     with safe_open(str(saved), framework="pt") as handle:
         keys = list(handle.keys())
         metadata = handle.metadata()
-    assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in keys)
+    assert any(k.startswith("lora_unet_") and k.endswith(".hada_w1_a") for k in keys)
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
-    assert metadata["ss_network_module"] == "networks.lora"
+    assert metadata["ss_network_module"] == "lycoris.kohya" and '"algo": "loha"' in metadata["ss_network_args"]
 
     # "Try it": base and adapted images side by side, rendered by a trainer process.
     page.locator("#try-prompt textarea, #try-prompt input").first.fill("sks, a red circle")
@@ -229,7 +240,7 @@ def test_bad_model_path_is_refused_beside_start(ui_server, browser_page):
     text = error.inner_text()
     assert "model.base" in text and str(missing) in text, text
     colors = error.evaluate("e => [e, ...e.querySelectorAll('*')].map(c => getComputedStyle(c).color)")
-    assert set(colors) == {"rgb(217, 83, 79)"}, f"the refusal must be red, every line of it: {colors}"
+    assert set(colors) == {"rgb(180, 35, 24)"}, f"the refusal must be red (#b42318), every line of it: {colors}"
     assert elapsed < 2.0, f"Start took {elapsed:.2f} s to refuse a missing model"
     runs = tmp / "runs"
     assert [p.name for p in runs.iterdir() if not p.name.startswith(".")] == [], "a refused Start left a run folder"
@@ -350,8 +361,159 @@ def test_killed_run_is_failed_in_runs_while_the_queued_job_runs(ui_server, brows
     cell = page.locator("#runs-table").get_by_text("failed — killed by SIGKILL (exit -9").locator("visible=true").first
     cell.wait_for(timeout=30_000)
     assert cell.evaluate("c => getComputedStyle(c).color") == "rgb(180, 35, 24)"  # #b42318: red
-    page.locator("#runs-table").get_by_text("doomed", exact=True).locator("visible=true").first.wait_for()
+    # Clicking a row picks that run and shows its detail.
+    deadline = time.monotonic() + 60
+    while not (tmp / "runs" / "next-job" / "config.toml").exists() and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    page.locator("#runs-refresh").click()
+    page.locator("#runs-table").get_by_text("next-job", exact=True).locator("visible=true").first.click()
+    page.locator("#run-summary").get_by_text("next-job").wait_for()
+    assert page.locator("#run-pick input").first.input_value() == "next-job"
+    page.locator("#runs-table").get_by_text("doomed", exact=True).locator("visible=true").first.click()
+    page.locator("#run-summary").get_by_text("doomed").wait_for()
+    assert page.locator("#run-pick input").first.input_value() == "doomed"
+    page.locator("#run-resume").wait_for()  # a failed run can be resumed
     _shot(page, "12-killed-runs")
     _, record = _job_record(tmp, "next-job")
     assert record["state"] == "running", "the queued job should be running while the dead one is shown failed"
     assert external == [], f"the page loaded assets from outside the UI: {external}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The page itself: messages where you look, text you can read, runs you can act on.
+
+# Every text on the page against the background it is drawn on (alpha-composited up the tree), by
+# WCAG 2.1's contrast formula; large text (24 px, or 18.66 px bold) needs 3:1, the rest 4.5:1 (AA).
+CONTRAST_JS = """(root) => {
+  const parse = (c) => { const m = c.match(/rgba?\\(([^)]+)\\)/); if (!m) return null;
+    const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
+  const over = (top, under) => { const a = top[3]; return [0, 1, 2].map(i => top[i] * a + under[i] * (1 - a)).concat([1]); };
+  const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); };
+  const background = (el) => { const layers = []; for (let e = el; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor); if (c && c[3] > 0) { layers.push(c); if (c[3] >= 1) break; } }
+    return layers.reverse().reduce((acc, c) => over(c, acc), [255, 255, 255, 1]); };
+  const failures = []; const seen = new Set();
+  const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const el = node.parentElement; const text = node.textContent.trim();
+    if (!el || !text || seen.has(el)) continue; seen.add(el);
+    if (el.closest('[disabled], [aria-hidden="true"], svg, canvas, .hidden, [hidden]')) continue;
+    const style = getComputedStyle(el); const rect = el.getBoundingClientRect();
+    if (style.visibility !== 'visible' || rect.width === 0 || rect.height === 0) continue;
+    let opacity = 1; for (let e = el; e; e = e.parentElement) opacity *= Number(getComputedStyle(e).opacity);
+    if (opacity < 0.1) continue;
+    const fg = parse(style.color); if (!fg) continue;
+    const bg = background(el); const fgOn = over([fg[0], fg[1], fg[2], fg[3] * opacity], bg);
+    const [hi, lo] = [lum(fgOn), lum(bg)].sort((a, b) => b - a); const ratio = (hi + 0.05) / (lo + 0.05);
+    const size = parseFloat(style.fontSize); const bold = Number(style.fontWeight) >= 700;
+    const need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
+    if (ratio < need) failures.push(`${ratio.toFixed(2)} < ${need}: "${text.slice(0, 60)}" ${style.color} on rgb(${bg.slice(0, 3).map(Math.round)})`);
+  }
+  return failures;
+}"""
+
+
+def _contrast_failures(page) -> list[str]:
+    # A focused dropdown opens its options, fading in: measured mid-fade they read as faint text.
+    page.evaluate("() => document.activeElement?.blur()")
+    page.wait_for_timeout(600)
+    return page.locator("body").evaluate(CONTRAST_JS)
+
+
+def _near(page, message: str, button: str, within: float = 200) -> float:
+    """Vertical distance (px) between a message and the button that caused it."""
+    m, b = page.locator(message).bounding_box(), page.locator(button).bounding_box()
+    gap = max(0.0, m["y"] - (b["y"] + b["height"]), b["y"] - (m["y"] + m["height"]))
+    assert gap < within, f"{message} is {gap:.0f} px away from {button}"
+    return gap
+
+
+def test_runs_you_can_act_on_and_text_you_can_read(ui_server, browser_page):
+    """Sample now, Stop, Resume and Delete from the Runs tab on one run; messages beside their buttons;
+    the health report as a table with its one-click suggestions; contrast AA on every tab; a phone-wide
+    Train tab keeps Start in reach. Screenshots of each tab go to test-artifacts/e2e/2*."""
+    url, tmp = ui_server
+    page = browser_page
+    page.goto(url)
+    page.locator("#caption-table img").locator("visible=true").first.wait_for()
+
+    # Dataset: a bulk edit that cannot work says why beside its button, in red.
+    page.get_by_text("Bulk caption edits").click()
+    page.locator("#bulk-apply").click()  # "add prefix" with no text
+    error = page.locator("#bulk-message .ls-start-error")
+    error.wait_for()
+    assert "Text (prefix, suffix or trigger word)" in error.inner_text(), error.inner_text()
+    _near(page, "#bulk-message", "#bulk-apply")
+    # The health report is a table (file names, not cut absolute paths) with a one-click apply.
+    page.locator("#check-dataset").click()
+    table = page.locator("#dataset-report table")
+    table.wait_for(timeout=60_000)
+    assert table.locator('tr[data-finding="Missing captions (trained as trigger + class word)"]').inner_text().endswith(
+        "red_circle_07.png"
+    )
+    apply = page.locator("#apply-suggestions")
+    label = apply.inner_text()
+    apply.click()
+    page.locator("#suggestion-message").get_by_text("dataset.repeats").wait_for()
+    repeats = label.split("repeats = ")[1].split(" ")[0]
+    failures = _contrast_failures(page)
+    _shot(page, "20-dataset-tab")
+    assert failures == [], "text below WCAG AA contrast on the Dataset tab:\n" + "\n".join(failures)
+
+    # Train: a run without scheduled previews.
+    page.get_by_role("tab", name="2 · Train").click()
+    assert page.locator("#cfg-dataset-repeats input").first.input_value() == repeats
+    _set_number(page, "cfg-dataset-repeats", 1)
+    _set_number(page, "cfg-sampling-every_n_steps", 0)
+    _set_number(page, "cfg-sampling-steps", 4)
+    failures = _contrast_failures(page)
+    _shot(page, "21-train-tab")
+    assert failures == [], "text below WCAG AA contrast on the Train tab:\n" + "\n".join(failures)
+    _start(page, "story", 200, "Started")
+    page.wait_for_function(
+        "() => Number(document.querySelector('#run-progress')?.dataset.step) > 0", timeout=TRAIN_TIMEOUT_MS, polling=250,
+    )
+
+    # Runs: click its row; "Sample now" makes a preview at the next step, and the grid shows it.
+    page.get_by_role("tab", name="3 · Runs").click()
+    page.locator("#runs-table").get_by_text("story", exact=True).locator("visible=true").first.click()
+    page.locator("#run-sample-now").click()
+    page.locator("#run-action-message").get_by_text("Asked story for previews").wait_for()
+    _near(page, "#run-action-message", "#run-sample-now")
+    page.locator("#run-previews img").first.wait_for(timeout=TRAIN_TIMEOUT_MS)
+
+    # Stop it from the Train tab: the message there becomes the outcome, not a stale "Stopping…".
+    page.get_by_role("tab", name="2 · Train").click()
+    page.locator("#stop-btn").click()
+    page.locator("#start-message").get_by_text("stopped at step").wait_for(timeout=60_000)
+    assert "Stopping" not in page.locator("#start-message").inner_text()
+
+    # Resume it from the Runs tab; it runs to its end.
+    page.get_by_role("tab", name="3 · Runs").click()
+    page.locator("#runs-refresh").click()
+    page.locator("#run-summary[data-state=stopped]").wait_for()
+    page.locator("#run-resume").click()
+    page.locator("#run-action-message").get_by_text("Resumed story").wait_for()
+    page.locator("#run-summary[data-state=completed]").wait_for(timeout=TRAIN_TIMEOUT_MS)
+    grid = page.locator("#run-previews")
+    assert int(grid.get_attribute("data-columns")) == 2, "the asked-for preview and the final one"
+    page.locator("#run-config").get_by_text('name = "story"').first.wait_for()
+    page.locator("#run-health table").wait_for()
+    failures = _contrast_failures(page)
+    _shot(page, "22-runs-tab")
+    assert failures == [], "text below WCAG AA contrast on the Runs tab:\n" + "\n".join(failures)
+
+    # Delete: the run goes to the trash and leaves the list.
+    page.locator("#run-delete").click()
+    page.locator("#run-action-message").get_by_text("Moved story to the trash").wait_for()
+    assert (tmp / "runs" / ".trash" / "story" / "config.toml").is_file()
+    assert not (tmp / "runs" / "story").exists()
+    page.wait_for_function("() => !document.querySelector('#runs-table')?.innerText.includes('story')")
+
+    # A phone-wide screen: Start and the progress come before the form, not below all of it.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.get_by_role("tab", name="2 · Train").click()
+    start, form = page.locator("#start-btn").bounding_box(), page.locator("#section-run").bounding_box()
+    _shot(page, "23-train-390px")
+    assert start["y"] < form["y"], f"Start at y={start['y']:.0f} is below the form (y={form['y']:.0f})"

@@ -130,3 +130,20 @@ def test_check_dataset_lists_animated_images_as_skipped(tmp_path, capsys, fmt, k
     out = capsys.readouterr().out
     assert "1 image(s)" in out
     assert f"{anim}: skipped, animated {kind} (2 frames): training uses single frames; export the frame you want as PNG" in out
+
+
+def test_the_same_shape_at_other_aspect_ratios_is_not_a_near_duplicate(tmp_path):
+    """Both hashes squash an image to a square: a centred square at 1:1, 3:1 and 1:3 used to hash alike and
+    be reported as near duplicates of each other. A resized copy (same aspect ratio) still is one."""
+    def centred_block(path: Path, size: tuple[int, int]) -> None:
+        w, h = size
+        image = Image.new("RGB", size, (240, 240, 240))
+        ImageDraw.Draw(image).rectangle((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(20, 20, 20))
+        image.save(path)
+        path.with_suffix(".txt").write_text("a block", encoding="utf-8")
+
+    for name, size in [("square", (100, 100)), ("wide", (300, 100)), ("tall", (100, 300)), ("square_copy", (81, 80))]:
+        centred_block(tmp_path / f"{name}.png", size)
+    report = health_report(tmp_path, DatasetConfig(resolution=64))
+    groups = [sorted(Path(p).name for p in group) for group in report.near_duplicates]
+    assert groups == [["square.png", "square_copy.png"]], groups

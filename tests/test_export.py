@@ -311,10 +311,10 @@ def test_unreadable_or_non_lora_file_names_the_file(base, tmp_path):
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterFileError, match="junk.safetensors"):
         load_adapter_weights(fresh, junk)
-    loha = tmp_path / "loha.safetensors"
-    save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2), "lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(loha))
-    with pytest.raises(AdapterFileError, match="not a plain LoRA"):
-        load_adapter_weights(fresh, loha)
+    mixed = tmp_path / "mixed.safetensors"  # half LoRA, half LoHa, and no lora_up: no kind reads it
+    save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2), "lora_unet_x.lora_down.weight": torch.zeros(2, 2)}, str(mixed))
+    with pytest.raises(AdapterFileError, match=r"lora_unet_x \(lora\): missing lora_up.weight; unexpected hada_w1_a"):
+        load_adapter_weights(fresh, mixed)
 
 
 def test_convert_between_formats_round_trip(base, tmp_path):

@@ -425,8 +425,11 @@ def test_init_from_file_problems(make_config, tmp_path):
     (tmp_path / "a.pt").write_bytes(b"x")
     assert ".safetensors files only" in errors_for(tmp_path / "a.pt")[0]
     assert "no LoRA weights found" in errors_for(_file(tmp_path, {"weight": _zeros(2)}, "b.safetensors"))[0]
-    lycoris = _file(tmp_path, {"lora_unet_x.hada_w1_a": _zeros(2), "lora_unet_y.lora_down.weight": _zeros(2, 2)}, "c.safetensors")
-    assert "not a plain LoRA" in errors_for(lycoris)[0]
+    # LoHa and LoRA modules are read, but these lack their other factors: each module is named with what it lacks.
+    partial = _file(tmp_path, {"lora_unet_x.hada_w1_a": _zeros(2), "lora_unet_y.lora_down.weight": _zeros(2, 2)}, "c.safetensors")
+    error = errors_for(partial)[0]
+    assert "lora_unet_x (loha: missing hada_w1_b, hada_w2_a, hada_w2_b)" in error, error
+    assert "lora_unet_y (lora: missing lora_up.weight)" in error, error
     flat = _file(tmp_path, {"lora_unet_x.lora_down.weight": _zeros(2), "lora_unet_x.lora_up.weight": _zeros(2)}, "d.safetensors")
     assert "not (rank, in, ...)" in errors_for(flat)[0]
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import trainer.train as train_module
-from trainer.checkpoint import LORA_FILE, latest_checkpoint
+from trainer.checkpoint import EMA_FILE, LORA_FILE, latest_checkpoint
 from trainer.errors import UserFacingError
 from trainer.events import read_events
 from trainer.train import TrainingDiverged, train
@@ -49,6 +49,8 @@ def test_stop_then_resume_equals_uninterrupted_run(make_config, monkeypatch):
         optimizer__learning_rate=1e-3, optimizer__scheduler="cosine", network__dropout=0.1,
         training__noise_offset=0.05, checkpoint__every_n_steps=3, dataset__caption_dropout=0.2,
         dataset__shuffle_captions=True,
+        # EMA and validation ride along: both are saved with checkpoints and must not disturb the RNG streams.
+        training__ema_decay=0.9, validation__fraction=0.25, validation__every_n_steps=2,
     )
     full = make_config("full", **common)
     train(full, show_progress=False)
@@ -78,6 +80,15 @@ def test_stop_then_resume_equals_uninterrupted_run(make_config, monkeypatch):
     losses_full = [e["loss"] for e in events_of(full.run_dir, "step")]
     losses_part = [e["loss"] for e in events_of(part.run_dir, "step")]
     assert losses_full == losses_part
+    ema_full, ema_part = (load_file(latest_checkpoint(r) / EMA_FILE) for r in (full.run_dir, part.run_dir))
+    for key in ema_full:
+        torch.testing.assert_close(ema_full[key], ema_part[key], rtol=0, atol=0, msg=f"EMA {key} differs after resume")
+    assert all(ema_full[k].abs().sum() > 0 for k in ema_full if "lora_B" in k), "the average followed training"
+    assert any(not torch.equal(ema_full[k], a[k]) for k in a), "the average is not the last weights"
+    val_full = {e["step"]: e["loss"] for e in events_of(full.run_dir, "validation")}
+    val_part = {e["step"]: e["loss"] for e in events_of(part.run_dir, "validation")}
+    assert set(val_full) == {2, 3, 4, 6, 8, 9, 10} and set(val_part) == set(val_full)
+    assert val_part == val_full, "the resumed run's validation curve continues the uninterrupted one"
 
 
 def test_existing_run_folder_is_never_overwritten(make_config):

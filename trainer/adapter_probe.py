@@ -1,8 +1,9 @@
 """Does ``network.init_from`` fit the run? Answered from the adapter's safetensors header, without torch.
 
 The trainer finds out only after loading the base model and injecting LoRA (``export.loader``); the
-same conditions are checked here from key names and shapes: a plain kohya or diffusers/PEFT LoRA, the
-rank of ``network.rank``, layers inside the configured targets and covering each of them, and widths
+same conditions are checked here from key names and shapes: a kohya/LyCORIS file of ``network.type``'s
+kind (LoRA/LoCon with or without DoRA's ``dora_scale`` as ``network.use_dora`` says, LoHa, LoKr) or a
+diffusers/PEFT LoRA, the rank of ``network.rank``, layers inside the configured targets and covering each of them, and widths
 that fit the base (cross-attention input = the UNet's ``cross_attention_dim``, text-encoder inputs =
 each encoder's ``hidden_size``). ``ss_base_model_version`` (sd-scripts' metadata) backs this up when
 the base's widths cannot be read without loading it.
@@ -15,6 +16,7 @@ an SDXL base those names are first mapped back to the diffusers layout with the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +38,11 @@ UNKNOWN_BLOCKS = 8
 class AdapterModule:
     component: str  # unet, text_encoder, text_encoder_2
     name: str  # as in the file: a kohya name, or the PEFT path after the component
-    down: tuple[int, ...]  # lora_down / lora_A shape: (rank, in, ...)
+    down: tuple[int, ...]  # (rank, in, ...): lora_down / lora_A, or the LoHa/LoKr equivalent (see ``_lycoris``)
     layout_name: str = ""  # an SDXL UNet layer named in the sgm layout: its kohya name in the diffusers one
+    kind: str = "lora"  # lora | loha | lokr (``trainer/networks/``)
+    dora: bool = False
+    rank_known: bool = True  # False: a LoKr module with both factors whole has no rank in the file
 
     @property
     def target_name(self) -> str:
@@ -69,8 +74,11 @@ def check_init_from(source: str, network: NetworkConfig, base: ModelProbe) -> Ad
         return check
     if base.family in ("sdxl", None):  # None: not known without loading; the names then decide
         _name_in_diffusers_layout(modules, base.config("unet"))
-    ranks = sorted({m.down[0] for m in modules})
-    if ranks != [network.rank]:
+    check.errors.extend(_kind_problems(path, modules, network))
+    # Block-wise and convolution ranks differ per layer: the trainer compares those layer by layer.
+    plain = [m for m in modules if m.rank_known and not _is_conv_module(m)]
+    ranks = sorted({m.down[0] for m in plain})
+    if ranks and ranks != [network.rank] and not network.block_dims.strip():
         check.errors.append(
             f"{KEY} {path} has rank {', '.join(map(str, ranks))} but `network.rank` is {network.rank}; "
             f"set `network.rank = {ranks[0]}` to start from this adapter"
@@ -84,18 +92,23 @@ def adapter_modules(header: SafetensorsHeader) -> list[AdapterModule]:
     """The LoRA modules of a kohya or diffusers/PEFT file, as ``export.formats.read_adapter_file`` reads them."""
     names = list(header.tensors)
     path = header.path
-    if any(n.endswith(".lora_down.weight") for n in names):
-        groups: dict[str, set[str]] = {}
-        for n in names:
-            module, _, part = n.partition(".")
-            groups.setdefault(module, set()).add(part)
-        bad = [f"{m} ({', '.join(sorted(p))})" for m, p in groups.items()
-               if p - {"lora_down.weight", "lora_up.weight", "alpha"} or not {"lora_down.weight", "lora_up.weight"} <= p]
+    groups: dict[str, set[str]] = {}
+    for n in names:
+        module, _, part = n.partition(".")
+        groups.setdefault(module, set()).add(part)
+    if any(_file_kind(parts) for parts in groups.values()):
+        out, bad = [], []
+        for m, parts in groups.items():
+            kind = _file_kind(parts)
+            problem = _kohya_problem(kind, parts)
+            if problem:
+                bad.append(f"{m} ({problem})")
+                continue
+            out.append(_kohya_module(header, m, kind, parts))
         if bad:
-            raise HeaderError(f"{KEY} {path}: not a plain LoRA (LyCORIS/DoRA or incomplete modules are not supported): "
-                              f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-        return _well_formed(path, [AdapterModule(_kohya_component(m), m, header.tensors[f"{m}.lora_down.weight"].shape)
-                                   for m in groups])
+            raise HeaderError(f"{KEY} {path}: {len(bad)} module(s) are not a LoRA, LoCon, DoRA, LoHa or LoKr module "
+                              f"lora-studio reads: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        return _well_formed(path, out)
     if any(n.endswith(".lora_A.weight") for n in names):
         unexpected = [n for n in names if not n.endswith((".lora_A.weight", ".lora_B.weight"))]
         if unexpected:
@@ -110,6 +123,53 @@ def adapter_modules(header: SafetensorsHeader) -> list[AdapterModule]:
         f"{KEY} {path}: no LoRA weights found (expected kohya `.lora_down.weight` or PEFT `.lora_A.weight` keys); "
         f"first keys: {', '.join(names[:3]) or 'none'}"
     )
+
+
+# Key suffixes of each kind, as ``trainer/networks/*.py`` write and read them (kept torch-free here).
+KIND_SUFFIXES = {
+    "lora": ({"lora_down.weight", "lora_up.weight"}, {"lora_down.weight", "lora_up.weight", "dora_scale", "alpha"}),
+    "loha": ({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"},
+             {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}),
+    "lokr": (set(), {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}),
+}
+MARKERS = {"lora": ("lora_down.weight",), "loha": ("hada_w1_a",), "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w2", "lokr_w2_a")}
+
+
+def _file_kind(parts: set[str]) -> str | None:
+    return next((k for k, markers in MARKERS.items() if any(m in parts for m in markers)), None)
+
+
+def _kohya_problem(kind: str | None, parts: set[str]) -> str | None:
+    if kind is None:
+        return f"keys {', '.join(sorted(parts))}"
+    needed, known = KIND_SUFFIXES[kind]
+    if kind == "lokr":
+        needed = ({"lokr_w1"} if "lokr_w1" in parts else {"lokr_w1_a", "lokr_w1_b"}) | (
+            {"lokr_w2"} if "lokr_w2" in parts else {"lokr_w2_a", "lokr_w2_b"})
+    missing, unknown = needed - parts, parts - known
+    if missing or unknown:
+        return f"{kind}: " + "; ".join(x for x in (f"missing {', '.join(sorted(missing))}" if missing else "",
+                                                   f"unexpected {', '.join(sorted(unknown))}" if unknown else "") if x)
+    return None
+
+
+def _kohya_module(header: SafetensorsHeader, name: str, kind: str, parts: set[str]) -> AdapterModule:
+    """The module with a (rank, in, …) shape comparable to a LoRA's ``lora_down``."""
+    shape = header.tensors
+    if kind == "lora":
+        down = shape[f"{name}.lora_down.weight"].shape
+        return AdapterModule(_kohya_component(name), name, down, kind=kind, dora="dora_scale" in parts)
+    if kind == "loha":
+        w1b = shape[f"{name}.hada_w1_b"].shape  # (r, in·k·k)
+        return AdapterModule(_kohya_component(name), name, w1b, kind=kind)
+    # LoKr: in = c·d (w1 is (a, c), w2 is (b, d[·k·k])); the rank is that of a decomposed factor, if any.
+    w1 = shape[f"{name}.lokr_w1"].shape if "lokr_w1" in parts else (
+        shape[f"{name}.lokr_w1_a"].shape[0], shape[f"{name}.lokr_w1_b"].shape[1])
+    w2b = shape[f"{name}.lokr_w2"].shape if "lokr_w2" in parts else shape[f"{name}.lokr_w2_b"].shape
+    rank_from = "lokr_w2_b" if "lokr_w2_b" in parts else "lokr_w1_b" if "lokr_w1_b" in parts else None
+    rank = shape[f"{name}.{rank_from}"].shape[0] if rank_from else 0
+    width = w1[1] * w2b[1]
+    return AdapterModule(_kohya_component(name), name, (rank, width), kind=kind, rank_known=rank_from is not None)
 
 
 def _well_formed(path: Path, modules: list[AdapterModule]) -> list[AdapterModule]:
@@ -190,18 +250,53 @@ def _sgm_layout(unet: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     return layers, blocks
 
 
+def _kind_problems(path: Path, modules: list[AdapterModule], network: NetworkConfig) -> list[str]:
+    """The file's adapter type and DoRA against ``network.type`` / ``network.use_dora``."""
+    want = "lora" if network.type in ("lora", "locon") else network.type
+    kinds = sorted({m.kind for m in modules})
+    problems = []
+    if kinds != [want]:
+        types = {"lora": "lora/locon", "loha": "loha", "lokr": "lokr"}
+        problems.append(f"{KEY} {path} is a {' + '.join(types[k] for k in kinds)} adapter but `network.type` is "
+                        f"{network.type!r}; set `network.type` to the file's type")
+    dora = {m.dora for m in modules if m.kind == "lora"}
+    if dora and dora != {network.use_dora}:
+        has = True in dora
+        problems.append(f"{KEY} {path} {'has' if has else 'has no'} DoRA magnitudes (dora_scale); "
+                        f"set `network.use_dora = {'true' if has else 'false'}`")
+    return problems
+
+
+# UNet convolution containers in kohya names (diffusers layout): sd-scripts' conv_dim targets.
+_CONV_MODULE = re.compile(r"_(resnets_\d+|downsamplers_0|upsamplers_0)_[a-z_0-9]+$")
+
+
+def _is_conv_module(m: AdapterModule) -> bool:
+    return m.component == "unet" and _CONV_MODULE.search(m.target_name) is not None
+
+
 def _target_problems(path: Path, modules: list[AdapterModule], network: NetworkConfig) -> list[str]:
     targets = {"unet": unet_target_modules(network)}
     if network.train_text_encoder:
         targets["text_encoder"] = targets["text_encoder_2"] = text_encoder_target_modules(network)
-    outside = [m for m in modules if not any(_matches(m, t) for t in targets.get(m.component, []))]
+    conv = network.type == "locon" or network.conv_rank > 0
+    outside = [m for m in modules if not any(_matches(m, t) for t in targets.get(m.component, []))
+               and not (conv and _is_conv_module(m))]
     if outside:
+        convs = [m for m in outside if _is_conv_module(m)]
+        example = (convs or outside)[0].name
+        hint = ("`network.type = \"locon\"` (or `network.conv_rank` for loha/lokr) adds the ResNet convolutions; "
+                if convs else "")
         return [
-            f"{KEY} {path}: {len(outside)} module(s) are layers this network does not adapt (e.g. {outside[0].name}); "
-            "set `network.unet_targets` (`kohya` adds proj_in/proj_out/feed-forward), "
+            f"{KEY} {path}: {len(outside)} module(s) are layers this network does not adapt (e.g. {example}); "
+            f"{hint}set `network.unet_targets` (`kohya` adds proj_in/proj_out/feed-forward), "
             "`network.train_text_encoder` and `network.text_encoder_mlp` to match the file"
         ]
     problems = []
+    if conv and not any(_is_conv_module(m) for m in modules):
+        problems.append(f"{KEY} {path} has no ResNet convolution modules but this network adapts them "
+                        f"(`network.type = {network.type!r}`, `network.conv_rank` {network.conv_rank}); "
+                        "use `network.type = \"lora\"` (or `network.conv_rank = 0`) to start from this adapter")
     for component in sorted({m.component for m in modules}):
         found = [m for m in modules if m.component == component]
         absent = [t for t in targets[component] if not any(_matches(m, t) for m in found)]

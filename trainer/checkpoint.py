@@ -1,13 +1,15 @@
 """Resumable checkpoints: LoRA weights, optimizer, LR schedule, RNG states and the data position.
 
-Layout: ``checkpoints/step_000100/`` holding ``lora_state.safetensors`` (exact fp32 LoRA weights by
+Layout: ``checkpoints/step_000100/`` holding ``lora_state.safetensors`` (exact fp32 adapter weights by
 module name), ``training_state.pt`` (optimizer, scheduler, RNG, counters; loaded with
-``weights_only=True``, never a full unpickle) and a usable kohya adapter. Each directory is built
+``weights_only=True``, never a full unpickle), a usable kohya adapter and, when on, ``ema_state.safetensors``
+(the EMA average) and ``validation.json`` (the checkpoint's validation loss). Each directory is built
 under a temporary name and renamed into place, so a kill never leaves a half checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from dataclasses import asdict, dataclass
@@ -19,10 +21,22 @@ from safetensors.torch import load_file, save_file
 
 from trainer.atomic import atomic_dir
 from trainer.errors import UserFacingError
+from trainer.networks import is_adapter_param
 
 CHECKPOINTS_DIR = "checkpoints"
 LORA_FILE = "lora_state.safetensors"
 STATE_FILE = "training_state.pt"
+EMA_FILE = "ema_state.safetensors"
+VALIDATION_FILE = "validation.json"
+
+
+@dataclass
+class CheckpointExtras:
+    """What a checkpoint holds besides the training state: the EMA average and the validation result."""
+
+    ema: dict[str, torch.Tensor] | None = None
+    ema_updates: int = 0
+    validation: dict[str, Any] | None = None
 
 
 @dataclass
@@ -39,13 +53,13 @@ def lora_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
         f"{comp}.{name}": p.detach().to("cpu", torch.float32).contiguous()
         for comp, module in modules.items()
         for name, p in module.named_parameters()
-        if "lora_" in name
+        if is_adapter_param(name)
     }
 
 
 def load_lora_state(modules: dict[str, torch.nn.Module], state: dict[str, torch.Tensor], source: Path) -> None:
     for comp, module in modules.items():
-        params = {n: p for n, p in module.named_parameters() if "lora_" in n}
+        params = {n: p for n, p in module.named_parameters() if is_adapter_param(n)}
         for name, param in params.items():
             key = f"{comp}.{name}"
             if key not in state:
@@ -84,8 +98,11 @@ def save_checkpoint(
     lr_scheduler: Any,
     keep_last: int,
     write_adapter=None,
+    extras: CheckpointExtras | None = None,
 ) -> Path:
-    """Write ``checkpoints/step_NNNNNN`` atomically and delete all but the newest ``keep_last``."""
+    """Write ``checkpoints/step_NNNNNN`` atomically and delete all but the newest ``keep_last`` (and the one
+    with the lowest validation loss, which the user may want to export)."""
+    extras = extras or CheckpointExtras()
     root = run_dir / CHECKPOINTS_DIR
     path = root / f"step_{progress.step:06d}"
     with atomic_dir(path) as tmp:
@@ -96,14 +113,46 @@ def save_checkpoint(
                 "optimizer": optimizer.state_dict(),
                 "lr_scheduler": lr_scheduler.state_dict(),
                 "rng": rng_state(),
+                "ema_updates": extras.ema_updates,
             },
             tmp / STATE_FILE,
         )
+        if extras.ema is not None:
+            save_file(extras.ema, tmp / EMA_FILE)
+        if extras.validation is not None:
+            (tmp / VALIDATION_FILE).write_text(json.dumps(extras.validation), encoding="utf-8")
         if write_adapter is not None:
             write_adapter(tmp)
+    best = best_checkpoint(run_dir)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != best:
+            shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def checkpoint_validation(path: Path) -> dict[str, Any] | None:
+    """The validation result saved with a checkpoint, or None (validation off, or an unreadable file)."""
+    try:
+        data = json.loads((path / VALIDATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("loss"), (int, float)) else None
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint with the lowest validation loss (the earliest on a tie), or None without validation."""
+    scored = [(v["loss"], p.name, p) for p in list_checkpoints(run_dir) if (v := checkpoint_validation(p)) is not None]
+    return min(scored)[2] if scored else None
+
+
+def load_checkpoint_extras(path: Path) -> CheckpointExtras:
+    """The EMA average (None when the run had no EMA) and validation result saved beside the training state."""
+    try:
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        ema = load_file(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
+    except Exception as err:  # torch and safetensors raise many types for damaged files
+        raise UserFacingError(f"checkpoint {path} cannot be read ({err}); delete it to resume from an older one") from None
+    return CheckpointExtras(ema=ema, ema_updates=int(state.get("ema_updates", 0)), validation=checkpoint_validation(path))
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

@@ -52,8 +52,27 @@ def encode_text(model: Any, captions: list[str], device: torch.device) -> TextEm
         hidden, pooled = encode_sdxl_text(model, captions, device)
         return TextEmbeddings(hidden, pooled)
     ids = tokenize(model.tokenizer, captions).to(device)
+    clip_skip = getattr(model, "extra", {}).get("clip_skip", 1)
+    if clip_skip > 1:
+        # sd-scripts (custom_train_functions.get_unweighted_text_embeddings): the N-th hidden state from the
+        # end, through the final layer norm that the last layer's output gets.
+        out = model.text_encoder(ids, output_hidden_states=True, return_dict=True)
+        text_model = getattr(model.text_encoder, "text_model", model.text_encoder)  # transformers 5 flattened it
+        return TextEmbeddings(text_model.final_layer_norm(out.hidden_states[-clip_skip]))
     hidden = model.text_encoder(ids)[0]  # (B, 77, D) last hidden state, as SD 1.x/2.x were trained
     return TextEmbeddings(hidden)
+
+
+def set_clip_skip(model: Any, clip_skip: int) -> None:
+    """Make ``encode_text`` (training, caches, validation) and previews use the ``clip_skip``-th layer from the end."""
+    if clip_skip > 1 and model.family == "sdxl":
+        from trainer.errors import UserFacingError  # noqa: PLC0415
+
+        raise UserFacingError(
+            "`training.clip_skip` applies to SD 1.x / 2.x; SDXL already uses its text encoders' penultimate "
+            "layer: set it to 1"
+        )
+    model.extra["clip_skip"] = clip_skip
 
 
 def unet_conditioning(model: Any, text: TextEmbeddings, batch: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:

@@ -26,7 +26,7 @@ UNET_TARGET_PRESETS = {
 }
 TEXT_ENCODER_ATTENTION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TEXT_ENCODER_MLP_TARGETS = ["fc1", "fc2"]
-OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "lion", "adafactor", "adamw_schedulefree")
 LR_SCHEDULERS = (
     "constant",
     "constant_with_warmup",
@@ -42,6 +42,10 @@ EXPORT_FORMATS = ("kohya", "diffusers", "both")
 CROP_MODES = ("center", "random")
 CACHE_MODES = ("off", "memory", "disk")
 PREDICTION_TYPES = ("", "epsilon", "v_prediction")
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr")  # each one a kind in trainer/networks/
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+LOSS_TYPES = ("l2", "huber", "smooth_l1")
+HUBER_SCHEDULES = ("snr", "exponential", "constant")
 
 
 def option(default: Any, doc: str, *, choices: tuple | None = None, advanced: bool = False) -> Any:
@@ -164,9 +168,24 @@ class DatasetConfig:
 
 @dataclass
 class NetworkConfig:
-    """The LoRA adapter."""
+    """The adapter: its type (LoRA, LoCon, LoHa, LoKr), rank and where it goes."""
 
-    rank: int = option(16, "LoRA rank (network dim): size of the low-rank update. 4 to 32 is typical.")
+    type: str = option(
+        "lora",
+        "Adapter type. `lora`: low-rank update on the targets, the safe default and the most widely read file. "
+        "`locon`: LoRA that also adapts the UNet's ResNet and down/upsampler convolutions (`conv_rank`), for "
+        "styles and textures. `loha` (LyCORIS Hadamard product): more expressive per parameter, for styles with "
+        "many concepts; use a lower rank (rank r acts like r²). `lokr` (LyCORIS Kronecker product): very small "
+        "files, for characters and objects; see `lokr_factor`. LoHa/LoKr load in ComfyUI and AUTOMATIC1111, "
+        "not in diffusers.",
+        choices=NETWORK_TYPES,
+    )
+    rank: int = option(
+        16,
+        "Rank (network dim): size of the update. 4 to 32 is typical for LoRA/LoCon, lower for LoHa (rank r acts "
+        "like r²). LoKr: a rank at or above half of every layer's factor sizes (e.g. 10000) keeps both Kronecker "
+        "factors whole (LyCORIS's full-matrix LoKr, trained at scale 1, `alpha` unused there).",
+    )
     alpha: float = option(16.0, "LoRA alpha; the update is scaled by alpha / rank.")
     dropout: float = option(0.0, "Dropout on the LoRA path during training (0 to 1).", advanced=True)
     unet_targets: str = option(
@@ -178,14 +197,70 @@ class NetworkConfig:
     unet_target_modules: list[str] = option([], "With `unet_targets = \"custom\"`: diffusers module names, e.g. [\"to_q\", \"to_v\"].", advanced=True)
     train_text_encoder: bool = option(False, "Also train LoRA on the text encoder's attention (q/k/v/out_proj).")
     text_encoder_mlp: bool = option(False, "With text-encoder training: also adapt the MLP (fc1, fc2).", advanced=True)
-    init_from: str = option("", "Start from an existing adapter (.safetensors, kohya or diffusers format) instead of zeros.", advanced=True)
+    init_from: str = option(
+        "",
+        "Start from an existing adapter (.safetensors: kohya/LyCORIS or diffusers format, any `type` lora-studio "
+        "writes) instead of zeros; the file must match `type`, `rank`, the targets and `use_dora`.",
+        advanced=True,
+    )
+    use_dora: bool = option(
+        False,
+        "DoRA (weight-decomposed LoRA, PEFT): learns each output channel's magnitude separately from the "
+        "direction; often closer to full fine-tuning at the same rank, ~20-40% slower. `lora`/`locon` only.",
+        advanced=True,
+    )
+    rslora: bool = option(
+        False,
+        "rsLoRA: scale the update by alpha/√rank instead of alpha/rank, so high ranks keep learning at the same "
+        "learning rate. `lora`/`locon` only; the file stores the effective alpha, so every client reads it as trained.",
+        advanced=True,
+    )
+    conv_rank: int = option(
+        0,
+        "Rank on the UNet's 3×3 ResNet and down/upsampler convolutions (sd-scripts `conv_dim`). With `locon`, 0 "
+        "means `rank`; with `loha`/`lokr`, a positive value adds those convolutions. Not used by `lora`.",
+        advanced=True,
+    )
+    conv_alpha: float = option(0.0, "Alpha of the convolution adapters (sd-scripts `conv_alpha`); 0 means `alpha`.", advanced=True)
+    lokr_factor: int = option(
+        -1,
+        "LoKr: split each weight's sizes as factor × rest (LyCORIS `factor`); -1 splits as evenly as possible. "
+        "Smaller factors give smaller files.",
+        advanced=True,
+    )
+    block_dims: str = option(
+        "",
+        "Per-block ranks, comma-separated (sd-scripts `block_dims`): 25 for SD 1.x/2.x (IN00-IN11, MID, "
+        "OUT00-OUT11), 23 for SDXL (BASE, IN00-IN08, MID0-MID2, OUT00-OUT08, OUT); 0 leaves a block without "
+        "an adapter. Empty: `rank` everywhere. Text encoders keep `rank`.",
+        advanced=True,
+    )
+    block_alphas: str = option("", "Per-block alphas, same layout as `block_dims`. Empty: `alpha` everywhere.", advanced=True)
+    conv_block_dims: str = option("", "Per-block convolution ranks, same layout as `block_dims`. Empty: `conv_rank`.", advanced=True)
+    conv_block_alphas: str = option("", "Per-block convolution alphas, same layout as `block_dims`. Empty: `conv_alpha`.", advanced=True)
+    down_lr_weight: str = option(
+        "",
+        "Learning-rate weight per input block (sd-scripts `down_lr_weight`): 12 comma-separated numbers for SD 1.x "
+        "(9 for SDXL), or `cosine`, `sine`, `linear`, `reverse_linear`, `zeros` with optional `+base`. "
+        "Missing values are 1; a block weighted 0 gets no adapter.",
+        advanced=True,
+    )
+    mid_lr_weight: str = option("", "Learning-rate weight of the middle block (1 value; 3 for SDXL).", advanced=True)
+    up_lr_weight: str = option("", "Learning-rate weight per output block, like `down_lr_weight`.", advanced=True)
 
 
 @dataclass
 class OptimizerConfig:
     """Optimizer and learning-rate schedule."""
 
-    name: str = option("adamw", "Optimizer: `adamw` (fused on CUDA), `adamw8bit` (bitsandbytes, CUDA only) or `prodigy` (set learning_rate = 1).", choices=OPTIMIZERS)
+    name: str = option(
+        "adamw",
+        "Optimizer: `adamw` (fused on CUDA), `adamw8bit` (bitsandbytes, CUDA only), `prodigy` (finds its own step "
+        "size; set learning_rate = 1), `lion` (sign updates, less memory; use a 3-10x lower learning rate and 3-10x "
+        "higher weight decay than AdamW; needs lion-pytorch), `adafactor` (factored second moments, least memory) or "
+        "`adamw_schedulefree` (no schedule needed: keep `scheduler = \"constant\"`; needs schedulefree).",
+        choices=OPTIMIZERS,
+    )
     learning_rate: float = option(1e-4, "UNet LoRA learning rate.")
     text_encoder_lr: float = option(5e-5, "Text-encoder LoRA learning rate.")
     weight_decay: float = option(1e-2, "Decoupled weight decay.", advanced=True)
@@ -197,6 +272,24 @@ class OptimizerConfig:
     warmup_steps: int = option(0, "Steps of linear warm-up from 0 to the learning rate.")
     num_cycles: int = option(1, "Restarts for `cosine_with_restarts`.", advanced=True)
     power: float = option(1.0, "Exponent for the `polynomial` schedule.", advanced=True)
+    warmup_ratio: float = option(
+        0.0,
+        "Warm-up as a fraction of all steps (0.05: the first 5%), for runs whose length you change often; "
+        "0 uses `warmup_steps`. Set one of the two.",
+    )
+    prodigy_d_coef: float = option(1.0, "Prodigy: multiplies its estimated step size (below 1 for gentler steps).", advanced=True)
+    prodigy_safeguard_warmup: bool = option(
+        False, "Prodigy: keep the step-size estimate from growing during warm-up (use with a warm-up).", advanced=True
+    )
+    prodigy_bias_correction: bool = option(
+        False, "Prodigy: Adam-style bias correction; its authors recommend it for diffusion models.", advanced=True
+    )
+    adafactor_relative_step: bool = option(
+        False,
+        "Adafactor: let it pick a time-dependent step size itself; `learning_rate` is then unused and the "
+        "schedule must be `constant` without warm-up.",
+        advanced=True,
+    )
 
 
 @dataclass
@@ -213,6 +306,66 @@ class TrainingConfig:
     min_snr_gamma: float = option(0.0, "Min-SNR loss weighting gamma (5 is the paper's value; 0 turns it off).", advanced=True)
     noise_offset: float = option(0.0, "Noise offset for darker darks / brighter brights (0.05-0.1 typical; 0 off).", advanced=True)
     log_every: int = option(1, "Write a step event every N steps.", advanced=True)
+    timestep_sampling: str = option(
+        "uniform",
+        "How training timesteps are drawn: `uniform`, or `logit_normal` (SD3's choice: more steps in the middle "
+        "of the schedule, fewer at the near-clean and near-noise ends).",
+        choices=TIMESTEP_SAMPLINGS,
+        advanced=True,
+    )
+    logit_mean: float = option(0.0, "`logit_normal` sampling: mean in logit space (above 0 favours noisier steps).", advanced=True)
+    logit_std: float = option(1.0, "`logit_normal` sampling: standard deviation in logit space (smaller: more peaked).", advanced=True)
+    min_timestep: int = option(0, "Train only timesteps from this one on (sd-scripts' `--min_timestep`).", advanced=True)
+    max_timestep: int = option(
+        0, "Train only timesteps below this one (0: the model's number of train timesteps, usually 1000).", advanced=True
+    )
+    debiased_estimation: bool = option(
+        False,
+        "sd-scripts' debiased estimation loss: weight each sample by 1/√SNR(t), shifting effort to noisier steps "
+        "(sharper detail in some recipes). Combines with `min_snr_gamma`.",
+        advanced=True,
+    )
+    multires_noise_iterations: int = option(
+        0, "Multires (pyramid) noise: add this many coarser noise levels (6-10 typical; 0 off). Helps contrast.", advanced=True
+    )
+    multires_noise_discount: float = option(
+        0.3, "Multires noise: weight of each coarser level relative to the previous (0.1-0.3 typical).", advanced=True
+    )
+    ip_noise_gamma: float = option(
+        0.0,
+        "Input-perturbation noise (Ning et al. 2023): noise the latents with ε + γ·ε' but keep ε as the target, "
+        "against exposure bias (0.1 typical; 0 off).",
+        advanced=True,
+    )
+    loss_type: str = option(
+        "l2",
+        "`l2` (mean squared error), or sd-scripts' `huber` / `smooth_l1` (robust to outlier images; see `huber_c`).",
+        choices=LOSS_TYPES,
+        advanced=True,
+    )
+    huber_schedule: str = option(
+        "snr",
+        "Huber / smooth-L1 threshold per timestep: `snr` (sd-scripts' default), `exponential` or `constant` (`huber_c`).",
+        choices=HUBER_SCHEDULES,
+        advanced=True,
+    )
+    huber_c: float = option(0.1, "Huber / smooth-L1 threshold parameter (sd-scripts default 0.1; in (0, 1]).", advanced=True)
+    clip_skip: int = option(
+        1,
+        "Use the text encoder's N-th layer from the end (2: the penultimate, as anime SD 1.x models were trained). "
+        "SD 1.x / 2.x only; previews use it too and the adapter records it (`ss_clip_skip`).",
+        advanced=True,
+    )
+    ema_decay: float = option(
+        0.0,
+        "Keep an exponential moving average of the adapter weights with this decay (0.999 typical; 0 off); the "
+        "average is what previews, validation and exports use.",
+        advanced=True,
+    )
+    ema_warmup: bool = option(
+        True, "EMA warm-up: the decay starts low and rises as (1+n)/(10+n) up to `ema_decay` (diffusers' EMAModel).", advanced=True
+    )
+    ema_on_cpu: bool = option(False, "Keep the EMA weights in CPU memory instead of on the GPU.", advanced=True)
     device: str = option("auto", "`auto` (GPU if present), or `cpu` to force the CPU.", choices=("auto", "cpu"), advanced=True)
 
 
@@ -221,8 +374,13 @@ class SamplingConfig:
     """Preview images during training."""
 
     every_n_steps: int = option(50, "Make previews every N steps (0: only at the end).")
+    every_n_epochs: int = option(0, "Also make previews after every N epochs (0: off).", advanced=True)
     at_end: bool = option(True, "Make previews after the final step.")
-    prompts: list[str] = option(["{trigger}"], "Preview prompts; `{trigger}` is replaced with the trigger word.")
+    prompts: list[str] = option(
+        ["{trigger}"],
+        "Preview prompts; `{trigger}` is replaced with the trigger word. sd-scripts' per-prompt options work at the "
+        "end of a prompt: `--n` negative prompt, `--w`/`--h` size, `--d` seed, `--s` steps, `--l` guidance scale.",
+    )
     negative_prompt: str = option("", "Negative prompt for previews.", advanced=True)
     steps: int = option(20, "Denoising steps per preview.")
     guidance_scale: float = option(7.5, "Classifier-free guidance scale.", advanced=True)
@@ -237,7 +395,36 @@ class CheckpointConfig:
     """Resumable checkpoints."""
 
     every_n_steps: int = option(100, "Save the adapter and full training state every N steps (0: only at the end).")
-    keep_last: int = option(3, "How many checkpoints to keep (older ones are deleted).")
+    every_n_epochs: int = option(0, "Also save a checkpoint after every N epochs (0: off).")
+    keep_last: int = option(
+        3, "How many checkpoints to keep (older ones are deleted; the one with the best validation loss is kept too)."
+    )
+
+
+@dataclass
+class ValidationConfig:
+    """Validation loss on held-out images, with fixed timesteps and noise so the numbers compare."""
+
+    fraction: float = option(
+        0.0, "Hold out this fraction of the training images (at least one) for validation; 0: none.",
+    )
+    path: str = option("", "Or validate on a separate folder of images with captions (instead of `fraction`).")
+    every_n_steps: int = option(0, "Validate every N steps as well as at each checkpoint and at the end (0: only those).")
+    timesteps: int = option(
+        4, "Timesteps per image, evenly spread over the trained range; each has its own fixed noise.", advanced=True
+    )
+    seed: int = option(0, "Seed of the held-out choice and the validation noise (the same seed compares runs).", advanced=True)
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment tracking through accelerate's trackers."""
+
+    tensorboard: bool = option(
+        False, "Log losses, learning rate, validation loss, previews and the config for TensorBoard under `logs/` in the run folder."
+    )
+    wandb: bool = option(False, "Also log to Weights & Biases (needs wandb installed and `wandb login`).", advanced=True)
+    project: str = option("lora-studio", "W&B project name.", advanced=True)
 
 
 @dataclass
@@ -262,6 +449,8 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -534,6 +723,9 @@ def validate(config: Config) -> list[str]:
     _probability(p, "network.dropout", net.dropout, upper_open=True)
     if net.unet_targets == "custom" and not net.unet_target_modules:
         p.append("`network.unet_target_modules` must list module names when `network.unet_targets` is \"custom\"")
+    from trainer.networks.settings import network_problems  # torch-free
+
+    p.extend(network_problems(config))
     if opt.learning_rate <= 0:
         p.append(f"`optimizer.learning_rate` must be a positive number, got {opt.learning_rate}")
     if net.train_text_encoder and opt.text_encoder_lr <= 0:
@@ -569,7 +761,60 @@ def validate(config: Config) -> list[str]:
         p.append(f"`sampling.guidance_scale` must be 0 or more, got {smp.guidance_scale}")
     _non_negative(p, "checkpoint.every_n_steps", ck.every_n_steps)
     _positive(p, "checkpoint.keep_last", ck.keep_last)
+    _check_recipe(config, p)
     return _with_finite_check(config, p)
+
+
+def _check_recipe(config: Config, p: list[str]) -> None:
+    """Timestep, noise, loss, EMA, optimizer-option, epoch-interval, validation and tracking settings."""
+    opt, tr, val = config.optimizer, config.training, config.validation
+    if not 0 <= opt.warmup_ratio < 1:
+        p.append(f"`optimizer.warmup_ratio` must be in [0, 1), got {opt.warmup_ratio}")
+    elif opt.warmup_ratio and opt.warmup_steps:
+        p.append("set `optimizer.warmup_steps` or `optimizer.warmup_ratio`, not both")
+    if opt.prodigy_d_coef <= 0:
+        p.append(f"`optimizer.prodigy_d_coef` must be a positive number, got {opt.prodigy_d_coef}")
+    if opt.name == "adamw_schedulefree" and opt.scheduler != "constant":
+        p.append("`optimizer.scheduler` must be \"constant\" with `optimizer.name = \"adamw_schedulefree\"` "
+                 "(it needs no schedule; its warm-up comes from `optimizer.warmup_steps`)")
+    if opt.adafactor_relative_step and opt.name != "adafactor":
+        p.append("`optimizer.adafactor_relative_step` needs `optimizer.name = \"adafactor\"`")
+    elif opt.adafactor_relative_step and (opt.scheduler != "constant" or opt.warmup_steps or opt.warmup_ratio):
+        p.append("`optimizer.adafactor_relative_step` sets its own step size: use `optimizer.scheduler = \"constant\"` "
+                 "without `warmup_steps` / `warmup_ratio`")
+    if tr.logit_std <= 0:
+        p.append(f"`training.logit_std` must be a positive number, got {tr.logit_std}")
+    _non_negative(p, "training.min_timestep", tr.min_timestep)
+    _non_negative(p, "training.max_timestep", tr.max_timestep)
+    if tr.max_timestep and tr.min_timestep >= tr.max_timestep:
+        p.append(f"`training.min_timestep` ({tr.min_timestep}) must be below `training.max_timestep` ({tr.max_timestep})")
+    _non_negative(p, "training.multires_noise_iterations", tr.multires_noise_iterations)
+    if not 0 < tr.multires_noise_discount <= 1:
+        p.append(f"`training.multires_noise_discount` must be in (0, 1], got {tr.multires_noise_discount}")
+    if tr.ip_noise_gamma < 0:
+        p.append(f"`training.ip_noise_gamma` must be 0 (off) or more, got {tr.ip_noise_gamma}")
+    if not 0 < tr.huber_c <= 1:
+        p.append(f"`training.huber_c` must be in (0, 1], got {tr.huber_c}")
+    _positive(p, "training.clip_skip", tr.clip_skip)
+    if not 0 <= tr.ema_decay < 1:
+        p.append(f"`training.ema_decay` must be in [0, 1) (0 turns EMA off), got {tr.ema_decay}")
+    _non_negative(p, "sampling.every_n_epochs", config.sampling.every_n_epochs)
+    _non_negative(p, "checkpoint.every_n_epochs", config.checkpoint.every_n_epochs)
+    if not 0 <= val.fraction < 1:
+        p.append(f"`validation.fraction` must be in [0, 1), got {val.fraction}")
+    if val.fraction and val.path.strip():
+        p.append("set `validation.fraction` or `validation.path`, not both")
+    if val.path.strip() and val.path.strip() == config.dataset.path.strip():
+        p.append("`validation.path` must be a different folder from `dataset.path`: validation images must be unseen")
+    _non_negative(p, "validation.every_n_steps", val.every_n_steps)
+    _positive(p, "validation.timesteps", val.timesteps)
+    from trainer.prompt_options import prompt_problems
+
+    p.extend(prompt_problems(config.sampling.prompts))
+    if val.path.strip() and not Path(val.path).expanduser().is_dir():
+        p.append(f"`validation.path` folder not found: {val.path}")
+    if config.tracking.wandb and not config.tracking.project.strip():
+        p.append("`tracking.project` must name a W&B project when `tracking.wandb` is on")
 
 
 def _with_finite_check(config: Config, p: list[str]) -> list[str]:
@@ -629,6 +874,28 @@ PRESETS: dict[str, dict[str, Any]] = {
     "character": {
         "network": {"rank": 32, "alpha": 16.0, "unet_targets": "attention", "train_text_encoder": True},
         "optimizer": {"learning_rate": 1e-4, "text_encoder_lr": 5e-5, "scheduler": "constant_with_warmup", "warmup_steps": 100},
+        "dataset": {"flip": False, "repeats": 10},
+        "training": {"max_steps": 2000},
+    },
+    # LoCon for styles: sd-scripts' conv_dim/conv_alpha recipe (conv rank half the linear one).
+    "style-locon": {
+        "network": {"type": "locon", "rank": 16, "alpha": 8.0, "conv_rank": 8, "conv_alpha": 4.0, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 1e-4, "scheduler": "cosine", "warmup_steps": 50},
+        "dataset": {"flip": True, "shuffle_captions": True, "keep_tokens": 1, "caption_dropout": 0.05},
+        "training": {"max_steps": 1500},
+    },
+    # LoHa for styles: LyCORIS's guidance (rank r acts like r^2, so a low rank; conv layers included).
+    "style-loha": {
+        "network": {"type": "loha", "rank": 8, "alpha": 4.0, "conv_rank": 4, "conv_alpha": 2.0, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 2e-4, "scheduler": "cosine", "warmup_steps": 50},
+        "dataset": {"flip": True, "shuffle_captions": True, "keep_tokens": 1, "caption_dropout": 0.05},
+        "training": {"max_steps": 1500},
+    },
+    # Full-matrix LoKr for characters: LyCORIS's recipe (a rank above every factor keeps both Kronecker
+    # factors whole, trained at scale 1; factor 8 keeps the file small).
+    "character-lokr": {
+        "network": {"type": "lokr", "rank": 10000, "alpha": 1.0, "lokr_factor": 8, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 2e-4, "scheduler": "constant_with_warmup", "warmup_steps": 100},
         "dataset": {"flip": False, "repeats": 10},
         "training": {"max_steps": 2000},
     },

@@ -2,11 +2,13 @@
 
 Event types and their fields (every event also has ``type`` and ``time``, seconds since the epoch):
 
-- ``started``: total_steps, epochs, num_images, num_batches_per_epoch, resumed_from_step, base_model, device
+- ``started``: total_steps, epochs, num_images, num_batches_per_epoch, resumed_from_step, base_model, device,
+  validation_images, ema_decay
 - ``dataset``: report (the health report as a dict), buckets (the bucket table as a dict)
 - ``step``: step, total_steps, epoch, loss, lr, it_per_s, eta_s
 - ``sample``: step, path (relative to the run folder), prompt, seed, index
-- ``checkpoint``: step, path
+- ``checkpoint``: step, path, validation_loss (None without a validation set)
+- ``validation``: step, loss, timesteps, per_timestep, images (fixed timesteps and noise: see trainer/validation.py)
 - ``export``: step, path, format, verified, max_abs_diff, keys
 - ``warning``: message
 - ``finished``: status (``completed`` / ``stopped`` / ``failed``), step, error, adapter

@@ -1,7 +1,8 @@
-"""LoRA injection through PEFT: which layers get an adapter, and which parameters train.
+"""Adapter injection through PEFT: which layers get an adapter, and which parameters train.
 
-PEFT wraps each target ``nn.Linear`` as ``base_layer`` + ``lora_A``/``lora_B`` with B = 0 at init, so
-the adapted model starts identical to the base. We only choose targets and collect parameters.
+PEFT wraps each target layer as ``base_layer`` + the adapter (``lora_A``/``lora_B`` with B = 0 for LoRA;
+LoHa/LoKr start at ΔW = 0 too), so the adapted model starts identical to the base. What each adapter
+kind is lives in ``trainer/networks/``; here we choose targets and collect parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from trainer.config import (
     NetworkConfig,
 )
 from trainer.errors import UserFacingError
+from trainer.networks import ADAPTER_PARAM_PREFIXES, is_adapter_param
 
 ADAPTER_NAME = "default"
 
@@ -30,6 +32,8 @@ class InjectedNetwork:
     text_encoder_params: list[Any]
     adapted_modules: dict[str, list[str]]
     warnings: list[str] = field(default_factory=list)
+    # Per-block learning-rate weight of each of ``unet_params`` (``network.*_lr_weight``; empty: all 1).
+    unet_lr_weights: list[float] = field(default_factory=list)
 
     @property
     def num_trainable(self) -> int:
@@ -46,54 +50,82 @@ def text_encoder_target_modules(cfg: NetworkConfig) -> list[str]:
     return TEXT_ENCODER_ATTENTION_TARGETS + (TEXT_ENCODER_MLP_TARGETS if cfg.text_encoder_mlp else [])
 
 
-def lora_config(cfg: NetworkConfig, targets: list[str]) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        init_lora_weights=True,  # A ~ kaiming-uniform, B = 0: identity at init
-        target_modules=targets,
-    )
-
-
 def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None = None) -> InjectedNetwork:
-    """Add a LoRA adapter to the UNet (and text encoders when trained) of a ``BaseModel``.
+    """Add the adapter of ``network.type`` to the UNet (and text encoders when trained) of a ``BaseModel``.
 
-    Raises UserFacingError naming ``network.unet_target_modules`` when a target matches no layer.
+    Every kind goes through PEFT (``trainer/networks/``): the layers and their ranks, alphas and
+    learning-rate weights are planned first (``networks.plan``), then one PEFT config per component
+    adds them. Raises UserFacingError naming ``network.unet_target_modules`` when a target matches no
+    layer, or the block setting whose length does not fit the UNet.
     """
+    from trainer.networks import kind
+    from trainer.networks.plan import plan_text_encoder, plan_unet
+
     train_te = cfg.train_text_encoder if train_text_encoder is None else train_text_encoder
-    components = {"unet": (model.unet, unet_target_modules(cfg))}
+    adapter_kind = kind(cfg.type)
+    _check_targets_exist("unet", model.unet, unet_target_modules(cfg))
+    plans = {"unet": (model.unet, plan_unet(model, cfg, unet_target_modules(cfg)))}
     if train_te:
         for name, module in model.component_modules().items():
             if name.startswith("text_encoder"):
-                components[name] = (module, text_encoder_target_modules(cfg))
+                _check_targets_exist(name, module, text_encoder_target_modules(cfg))
+                plans[name] = (module, plan_text_encoder(module, cfg, text_encoder_target_modules(cfg)))
     adapted: dict[str, list[str]] = {}
     params: dict[str, list[Any]] = {}
+    weights: list[float] = []
     warnings: list[str] = []
-    for name, (module, targets) in components.items():
-        _check_targets_exist(name, module, targets)
-        module.add_adapter(lora_config(cfg, targets), adapter_name=ADAPTER_NAME)
-        adapted[name] = [n for n, m in module.named_modules() if hasattr(m, "lora_A") and ADAPTER_NAME in m.lora_A]
-        warnings.extend(_rank_above_width(name, module, adapted[name], cfg.rank))
+    for name, (module, plan) in plans.items():
+        if not plan.layers:
+            raise UserFacingError(
+                f"`network.block_dims`: every {name} layer was left without an adapter (rank or learning-rate weight 0 "
+                "in every block); give at least one block a positive rank"
+            )
+        config = adapter_kind.peft_config(cfg, sorted(plan.layers), plan.layers)
+        module.add_adapter(config, adapter_name=ADAPTER_NAME)
+        layers = adapter_layers(module)
+        adapted[name] = list(layers)
+        if adapter_kind.name == "lora":
+            warnings.extend(_rank_above_width(name, module, adapted[name], cfg.rank))
         params[name] = lora_parameters(module)
-        # Trainable LoRA weights always live in fp32, whatever the base weights' dtype
+        if name == "unet":
+            weights = _param_lr_weights(module, plan.layers)
+        # Trainable adapter weights always live in fp32, whatever the base weights' dtype
         # (diffusers' cast_training_params): fp16 Adam updates underflow.
         for p in params[name]:
             p.data = p.data.float()
     te_params = [p for n, ps in params.items() if n != "unet" for p in ps]
     return InjectedNetwork(unet_params=params["unet"], text_encoder_params=te_params, adapted_modules=adapted,
-                           warnings=warnings)
+                           warnings=warnings, unet_lr_weights=weights)
+
+
+def adapter_layers(module: Any) -> dict[str, Any]:
+    """PEFT layers (of any kind) carrying our adapter, by their path in ``module``."""
+    from trainer.networks import kind_of_layer
+
+    return {name: layer for name, layer in module.named_modules()
+            if kind_of_layer(layer) is not None and ADAPTER_NAME in getattr(layer, "scaling", {})}
+
+
+def _param_lr_weights(module: Any, plans: dict[str, Any]) -> list[float]:
+    """The learning-rate weight of each of ``lora_parameters(module)``, in the same order: its layer's plan
+    (the layer is the path before the first adapter part, e.g. ``….to_q`` of ``….to_q.lora_A.default.weight``)."""
+    out = []
+    for name, _ in module.named_parameters():
+        if is_adapter_param(name):
+            parts = name.split(".")
+            first = next(i for i, part in enumerate(parts) if part.startswith(ADAPTER_PARAM_PREFIXES))
+            layer = ".".join(parts[:first])
+            out.append(plans[layer].lr_weight if layer in plans else 1.0)
+    return out
 
 
 def lora_parameters(module: Any) -> list[Any]:
-    """The adapter's parameters, marked trainable; everything else in the module stays frozen."""
+    """The adapter's parameters (any kind), marked trainable; everything else in the module stays frozen."""
     out = []
     for name, param in module.named_parameters():
-        is_lora = "lora_" in name
-        param.requires_grad_(is_lora)
-        if is_lora:
+        is_adapter = is_adapter_param(name)
+        param.requires_grad_(is_adapter)
+        if is_adapter:
             out.append(param)
     return out
 
@@ -107,7 +139,10 @@ def _rank_above_width(component: str, module: Any, names: list[str], rank: int) 
     """
     widths: Counter[int] = Counter()
     for name in names:
-        weight = module.get_submodule(name).get_base_layer().weight  # (out, in) or (out, in, kh, kw)
+        layer = module.get_submodule(name)
+        if layer.r[ADAPTER_NAME] != rank:  # block-wise or conv ranks: not `network.rank`
+            continue
+        weight = layer.get_base_layer().weight  # (out, in) or (out, in, kh, kw)
         width = min(weight.shape[0], weight[0].numel())
         if width < rank:
             widths[width] += 1

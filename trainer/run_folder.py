@@ -18,12 +18,13 @@ from trainer.events import EVENTS_FILE
 from trainer.run_lock import LOCK_FILE
 
 STOP_FILE = "STOP"
+SAMPLE_NOW_FILE = "SAMPLE_NOW"  # previews at the next step, then the file is removed
 LOG_FILE = "train.log"
 CONFIG_FILE = "config.toml"
 
 
 # What a lora-studio run folder holds; anything else in a folder makes it someone else's.
-RUN_ENTRIES = {EVENTS_FILE, CONFIG_FILE, LOG_FILE, STOP_FILE, LOCK_FILE, "checkpoints", "samples", "cache"}
+RUN_ENTRIES = {EVENTS_FILE, CONFIG_FILE, LOG_FILE, STOP_FILE, SAMPLE_NOW_FILE, LOCK_FILE, "checkpoints", "samples", "cache"}
 # Settings a checkpoint's weights and optimizer state depend on: a resume must not change them.
 RESUME_FIXED = ("model.base", "network", "optimizer.name")
 
@@ -97,6 +98,7 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     remove_leftovers(run_dir)
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stale STOP from the last session must not stop this one
+    (run_dir / SAMPLE_NOW_FILE).unlink(missing_ok=True)
     return run_dir
 
 
@@ -126,6 +128,15 @@ def setup_logging(run_dir: Path) -> logging.Logger:
             handler.setFormatter(fmt)
             logger.addHandler(handler)
     return logger
+
+
+def take_sample_request(run_dir: Path) -> bool:
+    """Whether a ``SAMPLE_NOW`` file asks for previews; the file is removed, so one request makes one set."""
+    try:
+        (run_dir / SAMPLE_NOW_FILE).unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class StopRequested(Exception):  # noqa: N818 - a request, not an error

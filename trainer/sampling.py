@@ -21,6 +21,7 @@ import torch
 
 from trainer.atomic import write_with
 from trainer.config import SAMPLERS, Config
+from trainer.prompt_options import PromptSpec, parse_prompt
 
 SAMPLES_DIR = "samples"
 
@@ -78,6 +79,27 @@ def preview_prompts(cfg: Config) -> list[str]:
     return [p.replace("{trigger}", cfg.dataset.trigger_word) for p in cfg.sampling.prompts]
 
 
+def preview_specs(cfg: Config) -> list[PromptSpec]:
+    """Each prompt with its sd-scripts options (``--n --w --h --d --s --l``) filled in from ``[sampling]``.
+
+    Without ``--d`` prompt i gets ``sampling.seed + i``, as before options existed.
+    """
+    smp = cfg.sampling
+    specs = []
+    for index, line in enumerate(preview_prompts(cfg)):
+        spec = parse_prompt(line)
+        specs.append(PromptSpec(
+            prompt=spec.prompt,
+            negative=spec.negative if spec.negative is not None else smp.negative_prompt,
+            width=spec.width or smp.width or cfg.dataset.resolution,
+            height=spec.height or smp.height or cfg.dataset.resolution,
+            seed=spec.seed if spec.seed is not None else smp.seed + index,
+            steps=spec.steps or smp.steps,
+            guidance=spec.guidance if spec.guidance is not None else smp.guidance_scale,
+        ))
+    return specs
+
+
 def generate_previews(
     model: Any, cfg: Config, run_dir: Path, step: int, *, device: Any, dtype: Any = None
 ) -> list[SampleResult]:
@@ -88,28 +110,39 @@ def generate_previews(
     Paths in the results are ``run_dir``-based; ``SampleResult.event_fields`` makes them relative.
     """
     smp = cfg.sampling
-    width = smp.width or cfg.dataset.resolution
-    height = smp.height or cfg.dataset.resolution
     device = torch.device(device)
     results = []
     with isolated_from_training(model, device):
         pipe = build_pipeline(model, smp.sampler)
-        for index, prompt in enumerate(preview_prompts(cfg)):
-            seed = smp.seed + index
+        for index, spec in enumerate(preview_specs(cfg)):
+            prompt, seed = spec.prompt, spec.seed
             with _autocast(device, _autocast_dtype(cfg, device, dtype)):
                 image = pipe(
-                    prompt,
-                    negative_prompt=smp.negative_prompt or None,
-                    num_inference_steps=smp.steps,
-                    guidance_scale=smp.guidance_scale,
-                    width=width,
-                    height=height,
+                    num_inference_steps=spec.steps,
+                    guidance_scale=spec.guidance,
+                    width=spec.width,
+                    height=spec.height,
                     generator=latent_generator(seed),
+                    **_prompt_kwargs(model, prompt, spec.negative, device),
                 ).images[0]
             path = Path(run_dir) / SAMPLES_DIR / f"step_{step:06d}_{index:02d}.png"
             save_png(image, path, {"prompt": prompt, "seed": seed, "step": step, "sampler": smp.sampler})
             results.append(SampleResult(path=path, prompt=prompt, seed=seed, index=index, step=step))
     return results
+
+
+def _prompt_kwargs(model: Any, prompt: str, negative: str, device: torch.device) -> dict[str, Any]:
+    """The prompt as text, or — with ``training.clip_skip`` — as embeddings made exactly as training makes them
+    (``conditioning.encode_text``), so previews show what the adapter learnt against."""
+    clip_skip = getattr(model, "extra", {}).get("clip_skip", 1)
+    if clip_skip <= 1:
+        return {"prompt": prompt, "negative_prompt": negative or None}
+    from trainer.conditioning import encode_text
+
+    return {
+        "prompt_embeds": encode_text(model, [prompt], device).hidden_states,
+        "negative_prompt_embeds": encode_text(model, [negative], device).hidden_states,
+    }
 
 
 def build_pipeline(model: Any, sampler: str) -> Any:

@@ -16,31 +16,35 @@ from typing import Any
 
 import torch
 
+from trainer import tracking
 from trainer.caches import LatentCache, TextCache, encode_latents
-from trainer.checkpoint import TrainProgress, latest_checkpoint, load_checkpoint, save_checkpoint
-from trainer.conditioning import encode_text, unet_conditioning
-from trainer.config import Config, ConfigError, validate
-from trainer.diffusion_math import (
-    diffusion_loss,
-    min_snr_weights,
-    sample_noise,
-    sample_timesteps,
-    training_target,
+from trainer.checkpoint import (
+    CheckpointExtras,
+    TrainProgress,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
 )
+from trainer.conditioning import encode_text, set_clip_skip, unet_conditioning
+from trainer.config import Config, ConfigError, validate
 from trainer.disk_full import DiskFullError, disk_full_error, folder_size, looks_like_disk_full
+from trainer.ema import AdapterEMA, inference_weights, lora_parameters
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
 from trainer.network import InjectedNetwork, inject_lora
-from trainer.optim import build_lr_scheduler, build_optimizer
+from trainer.objective import Objective
+from trainer.optim import build_lr_scheduler, build_optimizer, optimizer_warnings
 from trainer.run_folder import (
     StopRequest,
     StopRequested,
     prepare_run_dir,
     run_dir_problem,
     setup_logging,
+    take_sample_request,
     write_run_config,
 )
 from trainer.run_lock import RunLock
+from trainer.validation import Validator, run_validation, validation_split
 
 
 class TrainingDiverged(UserFacingError):
@@ -79,6 +83,9 @@ class Session:
     events: EventWriter
     log: Any
     progress: TrainProgress = field(default_factory=TrainProgress)
+    objective: Objective | None = None
+    ema: AdapterEMA | None = None  # with `training.ema_decay`
+    validator: Validator | None = None  # with a validation set, on rank 0
 
     @property
     def device(self) -> torch.device:
@@ -184,7 +191,9 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         log.warning(warning)
         events.emit("warning", message=warning)
 
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg), cpu=cfg.training.device == "cpu")
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(cfg), cpu=cfg.training.device == "cpu", **tracking.accelerator_kwargs(cfg, run_dir)
+    )
     set_seed(cfg.training.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     log.info("loading base model %s", cfg.model.base)
@@ -192,6 +201,7 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
     with accelerator.main_process_first():
         model = load_base_model(cfg.model, dtype=weight_dtype)
     _move_to(model, accelerator.device)
+    set_clip_skip(model, cfg.training.clip_skip)
     check_stop = stop.check if stop is not None else (lambda: None)
     check_stop()
     if cfg.dataset.class_images:
@@ -200,6 +210,7 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         # Generated before LoRA exists: they show the base model's prior.
         ensure_class_images(model, cfg, on_progress=lambda done, total: check_stop())
         dataset = build_train_dataset(cfg.dataset, seed=cfg.training.seed)
+    dataset, validation_data = validation_split(cfg, dataset)  # held-out images leave the training set
     report_dataset_health(cfg, model, dataset, events, log)
     network = inject_lora(model, cfg.network)
     for warning in network.warnings:
@@ -221,7 +232,11 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
     micro_per_epoch = _micro_batches_per_epoch(cfg, dataset, accelerator)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.training.gradient_accumulation_steps)
     total_steps = cfg.training.max_steps or cfg.training.epochs * steps_per_epoch
-    optimizer = build_optimizer(cfg.optimizer, network.unet_params, network.text_encoder_params, accelerator.device)
+    optimizer = build_optimizer(cfg.optimizer, network.unet_params, network.text_encoder_params, accelerator.device, total_steps,
+                                unet_lr_weights=network.unet_lr_weights)
+    for warning in optimizer_warnings(cfg.optimizer):
+        log.warning(warning)
+        events.emit("warning", message=warning)
     lr_scheduler = build_lr_scheduler(cfg.optimizer, optimizer, total_steps)
     prepared = accelerator.prepare(*trained.values(), optimizer)
     train_unet, optimizer = prepared[0], prepared[-1]
@@ -231,9 +246,19 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         trained=trained, train_unet=train_unet, optimizer=optimizer, lr_scheduler=lr_scheduler,
         weight_dtype=weight_dtype, total_steps=total_steps, micro_batches_per_epoch=micro_per_epoch,
         latent_cache=latent_cache, text_cache=text_cache, events=events, log=log,
+        objective=Objective.from_config(cfg, model),
     )
+    if cfg.training.ema_decay:
+        tr = cfg.training
+        session.ema = AdapterEMA(lora_parameters(trained), tr.ema_decay, tr.ema_warmup, tr.ema_on_cpu)
+    if validation_data is not None and accelerator.is_main_process:
+        session.validator = Validator(
+            model, validation_data, session.objective.timestep_range, cfg.validation.timesteps, cfg.validation.seed
+        )
     resumed_from = 0
     if resume and (ckpt := latest_checkpoint(run_dir)) is not None:
+        if session.ema is not None:
+            session.ema.restore(ckpt)
         session.progress = load_checkpoint(ckpt, trained, optimizer, lr_scheduler)
         resumed_from = session.progress.step
         log.info("resumed from %s (step %d)", ckpt, resumed_from)
@@ -258,7 +283,11 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         mixed_precision=accelerator.mixed_precision,
         trainable_parameters=network.num_trainable,
         items_per_epoch=len(dataset),
+        validation_images=len(session.validator.items) if session.validator else 0,
+        ema_decay=cfg.training.ema_decay,
     )
+    if accelerator.is_main_process:
+        tracking.start(accelerator, cfg)
     return session
 
 
@@ -359,15 +388,13 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def compute_loss(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     """Noise the latents at random timesteps and score the UNet's prediction of the target."""
-    cfg, model, device = s.cfg, s.model, s.device
+    model, device = s.model, s.device
     if s.latent_cache is not None:
         latents = s.latent_cache.batch(batch["record_index"], device)
     else:
         latents = encode_latents(model, batch["pixel_values"])
     latents = latents.to(device)  # (B, C, h, w)
-    noise = sample_noise(latents, cfg.training.noise_offset)
-    timesteps = sample_timesteps(latents.shape[0], model.noise_scheduler.config.num_train_timesteps, device)
-    noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
+    noised = s.objective.noised(latents)  # noise, timesteps and the noisy input, as configured
     if s.text_cache is not None:
         text = s.text_cache.batch(batch["caption"], device)
     elif "text_encoder" in s.trained:
@@ -376,12 +403,8 @@ def compute_loss(s: Session, batch: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():
             text = encode_text(model, batch["caption"], device)
     cond = unet_conditioning(model, text, batch, s.weight_dtype)
-    prediction = s.train_unet(noisy.to(s.weight_dtype), timesteps, **cond).sample
-    target = training_target(model.noise_scheduler, latents, noise, timesteps, model.prediction_type)
-    weights = batch["loss_weight"].to(device)
-    if cfg.training.min_snr_gamma:
-        weights = weights * min_snr_weights(model.noise_scheduler, timesteps, cfg.training.min_snr_gamma, model.prediction_type)
-    return diffusion_loss(prediction, target, weights)
+    prediction = s.train_unet(noised.noisy.to(s.weight_dtype), noised.timesteps, **cond).sample
+    return s.objective.loss(prediction, latents, noised, batch["loss_weight"].to(device))
 
 
 def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
@@ -413,6 +436,8 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
             s.optimizer.step()
             s.lr_scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
+            if s.ema is not None:
+                s.ema.update()
             last_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
             s.progress.step += 1
             if end_of_epoch:
@@ -487,14 +512,24 @@ def report_step(s: Session, bar: Any, meter: RateMeter, loss: float) -> None:
             it_per_s=round(rate, 4),
             eta_s=round((s.total_steps - step) / rate, 1) if rate > 0 else None,
         )
+        tracking.log_scalars(s.accelerator, {"train/loss": loss, "train/lr": lr}, step)
 
 
 def periodic_work(s: Session) -> None:
-    step = s.progress.step
-    if s.cfg.sampling.every_n_steps and step % s.cfg.sampling.every_n_steps == 0:
+    step, cfg = s.progress.step, s.cfg
+    epoch_done = s.progress.batch_in_epoch == 0  # this step finished epoch number `s.progress.epoch`
+    due = _every(cfg.sampling.every_n_steps, step) or (epoch_done and _every(cfg.sampling.every_n_epochs, s.progress.epoch))
+    # A SAMPLE_NOW file (the UI's "sample now") asks for previews at this step; rank 0 alone takes it.
+    if due or (s.accelerator.is_main_process and take_sample_request(s.run_dir)):
         make_previews(s)
-    if s.cfg.checkpoint.every_n_steps and step % s.cfg.checkpoint.every_n_steps == 0:
-        make_checkpoint(s)
+    if _every(cfg.checkpoint.every_n_steps, step) or (epoch_done and _every(cfg.checkpoint.every_n_epochs, s.progress.epoch)):
+        make_checkpoint(s)  # validates first
+    elif _every(cfg.validation.every_n_steps, step):
+        run_validation(s)
+
+
+def _every(n: int, count: int) -> bool:
+    return bool(n) and count % n == 0
 
 
 def make_previews(s: Session) -> None:
@@ -502,29 +537,39 @@ def make_previews(s: Session) -> None:
         return
     from trainer.sampling import generate_previews
 
-    for result in generate_previews(s.model, s.cfg, s.run_dir, s.progress.step, device=s.device, dtype=s.weight_dtype):
+    with inference_weights(lora_parameters(s.trained), s.optimizer, s.ema):
+        results = generate_previews(s.model, s.cfg, s.run_dir, s.progress.step, device=s.device, dtype=s.weight_dtype)
+    for result in results:
         s.events.emit(
             "sample", step=result.step, path=str(Path(result.path).relative_to(s.run_dir)), prompt=result.prompt,
             seed=result.seed, index=result.index,
         )
+    tracking.log_images(s.accelerator, [(f"preview/{r.index}", Path(r.path)) for r in results], s.progress.step)
 
 
 def make_checkpoint(s: Session) -> Path | None:
     s.accelerator.wait_for_everyone()
     if not s.accelerator.is_main_process:
         return None
+    validation = run_validation(s)
+    ema, ema_updates = s.ema.state() if s.ema is not None else (None, 0)
     path = save_checkpoint(
         s.run_dir, s.progress, s.trained, s.optimizer, s.lr_scheduler, s.cfg.checkpoint.keep_last,
         write_adapter=lambda folder: _export(s, folder, verify=False),
+        extras=CheckpointExtras(ema, ema_updates, validation.event_fields() if validation else None),
     )
-    s.events.emit("checkpoint", step=s.progress.step, path=str(path.relative_to(s.run_dir)))
+    s.events.emit(
+        "checkpoint", step=s.progress.step, path=str(path.relative_to(s.run_dir)),
+        validation_loss=round(validation.loss, 6) if validation else None,
+    )
     return path
 
 
 def _export(s: Session, out_dir: Path, verify: bool) -> list[Any]:
     from trainer.export import export_adapter
 
-    return export_adapter(s.model, s.cfg, out_dir, metadata=training_metadata(s), verify=verify)
+    with inference_weights(lora_parameters(s.trained), s.optimizer, s.ema):  # EMA / schedule-free weights ship
+        return export_adapter(s.model, s.cfg, out_dir, metadata=training_metadata(s), verify=verify)
 
 
 def training_metadata(s: Session) -> Any:
@@ -563,6 +608,7 @@ def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
         )
     else:
         error = None
+    tracking.end(s.accelerator)
     s.log.info("%s at step %d; adapter: %s", status, step, ", ".join(map(str, adapters)) or "none")
     return TrainResult(
         status=status, step=step, run_dir=s.run_dir, adapter_paths=adapters, final_loss=last_loss, error=error

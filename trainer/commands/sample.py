@@ -2,8 +2,10 @@
 
 This is the UI's "try it" panel run out of the UI process: the same seed with the adapter disabled
 and enabled gives a base/adapted pair to show side by side. diffusers' ``load_lora_weights`` reads
-both kohya and diffusers/PEFT files; what we add is checking that the file really fits the base model
-(diffusers only warns about keys it cannot place) and the JSON the UI reads.
+both kohya and diffusers/PEFT LoRA files; what we add is checking that the file really fits the base model
+(diffusers only warns about keys it cannot place) and the JSON the UI reads. LoHa, LoKr and DoRA files,
+which diffusers cannot load for SD, are applied by merging each module's ΔW into the weights
+(``export.merge``), as ComfyUI and AUTOMATIC1111 apply them.
 """
 
 from __future__ import annotations
@@ -72,10 +74,14 @@ class AdapterFile:
     path: Path
     metadata: dict[str, str]
     num_lora_layers: int
+    merged: bool = False  # LoHa/LoKr/DoRA: applied by merging ΔW (see ``_switch``)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("adapter", type=Path, help="LoRA adapter .safetensors (kohya or diffusers format)")
+    parser.add_argument(
+        "adapter", type=Path,
+        help="adapter .safetensors: LoRA/LoCon (kohya or diffusers format), DoRA, LoHa or LoKr (kohya/LyCORIS keys)",
+    )
     parser.add_argument("--prompt", action="append", required=True, help="prompt; repeat for several images")
     parser.add_argument("--negative-prompt", default="", help="negative prompt")
     parser.add_argument(
@@ -148,15 +154,28 @@ def sample_adapter(options: SampleOptions) -> list[SampledImage]:
     dtype = torch.float16 if device.type == "cuda" else None
     model = load_base_model(_model_config(base), dtype=dtype)
     pipe = build_pipeline(model, options.sampler).to(device)
-    load_adapter(pipe, adapter, base, options.strength)
+    switch = _switch(pipe, model, adapter, base, options.strength)
     images = []
     for index, prompt in enumerate(options.prompts):
         seed = options.seed + index
         kinds = ("base", "adapted") if options.compare else ("adapted",)
         for kind in kinds:
-            (pipe.disable_lora if kind == "base" else pipe.enable_lora)()
+            switch(kind == "adapted")
             images.append(_generate(pipe, options, adapter.path, base, prompt, seed, index, kind))
     return images
+
+
+def _switch(pipe: Any, model: Any, adapter: AdapterFile, base: str, strength: float) -> Any:
+    """Load the adapter and return ``on(bool)`` that turns it on or off: diffusers' LoRA layers for plain
+    LoRA files, ΔW merged into the weights (``export.merge``) for LoHa, LoKr and DoRA, which diffusers
+    cannot load for Stable Diffusion."""
+    if adapter.merged:
+        from trainer.export.merge import merge_adapter
+
+        merged = merge_adapter(model, adapter.path)
+        return lambda on: merged.apply(strength) if on else merged.remove()
+    load_adapter(pipe, adapter, base, strength)
+    return lambda on: (pipe.enable_lora if on else pipe.disable_lora)()
 
 
 def _generate(
@@ -245,11 +264,14 @@ def open_adapter(path: Path) -> AdapterFile:
         raise UserFacingError(
             f"adapter {path} is not a valid safetensors file ({err}); is the file complete?"
         ) from None
+    lycoris = _lycoris_modules(keys)
+    if lycoris:
+        return AdapterFile(path=path, metadata=metadata, num_lora_layers=lycoris, merged=True)
     num_layers = sum(1 for k in keys if _LORA_DOWN_KEY.search(k))
     if not num_layers:
         raise UserFacingError(
-            f"adapter {path} holds no LoRA weights (no lora_down / lora_A keys among its {len(keys)} tensors); "
-            "LoHa/LoKr and full checkpoints are not supported here"
+            f"adapter {path} holds no LoRA weights (no lora_down / lora_A / hada_ / lokr_ keys among its "
+            f"{len(keys)} tensors); is it a full checkpoint rather than an adapter?"
         )
     num_up = sum(1 for k in keys if _LORA_UP_KEY.search(k))
     if num_up != num_layers:
@@ -258,6 +280,14 @@ def open_adapter(path: Path) -> AdapterFile:
             "export it again"
         )
     return AdapterFile(path=path, metadata=metadata, num_lora_layers=num_layers)
+
+
+def _lycoris_modules(keys: list[str]) -> int:
+    """How many modules are LoHa, LoKr or DoRA (any makes the file one diffusers cannot load); 0 otherwise."""
+    modules = {k.partition(".")[0] for k in keys if re.search(r"\.(hada_w1_a|lokr_w1|lokr_w1_a|dora_scale)$", k)}
+    if not modules:
+        return 0
+    return len({k.partition(".")[0] for k in keys if not k.endswith(".alpha")})
 
 
 def default_base(adapter: AdapterFile) -> str:

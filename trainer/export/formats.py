@@ -19,8 +19,10 @@ import torch
 from trainer.errors import UserFacingError
 from trainer.export.keys import (
     TEXT_MODEL_CHILDREN,
+    AdaptedLayer,
     KohyaNaming,
     LoraModule,
+    adapted_layers,
     adapter_modules,
     canonical_path,
 )
@@ -42,8 +44,33 @@ def to_dtype(dtype: Any) -> torch.dtype:
 
 
 def kohya_state_dict(model: Any, alpha: float | None = None, dtype: Any = torch.float16) -> dict[str, torch.Tensor]:
-    """The model's adapter under sd-scripts' key names (see ``kohya_tensors``)."""
-    return kohya_tensors(adapter_modules(model), KohyaNaming.for_model(model), alpha, dtype)
+    """The model's adapter, any kind, under sd-scripts' / LyCORIS's key names (see ``kohya_layer_tensors``)."""
+    return kohya_layer_tensors(adapted_layers(model), KohyaNaming.for_model(model), alpha, dtype)
+
+
+def kohya_layer_tensors(
+    layers: list[AdaptedLayer], naming: KohyaNaming, alpha: float | None = None, dtype: Any = torch.float16
+) -> dict[str, torch.Tensor]:
+    """``NAME.SUFFIX`` for each of a layer's file tensors (``lora_down.weight``, ``hada_w1_a``, ``lokr_w1``…,
+    as its kind writes them) plus a scalar ``NAME.alpha``, weights in ``dtype``, alpha in fp32.
+
+    ``alpha`` (``network.alpha``), when given, is written instead of each plain LoRA module's own, the ratio
+    folded into ``lora_up`` (see ``kohya_tensors``); LoHa, LoKr and DoRA modules keep their own.
+    """
+    dtype = to_dtype(dtype)
+    out: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        name = naming.name(layer.component, layer.path)
+        parts, written = dict(layer.parts), layer.alpha
+        plain = layer.kind == "lora" and "dora_scale" not in parts
+        if plain and alpha is not None:
+            written = float(alpha)
+            if written != layer.alpha:
+                parts["lora_up.weight"] = parts["lora_up.weight"].float() * (layer.alpha / written)
+        for suffix, tensor in parts.items():
+            out[f"{name}.{suffix}"] = tensor.to("cpu", dtype).contiguous()
+        out[f"{name}.alpha"] = torch.tensor(written, dtype=torch.float32)
+    return out
 
 
 def kohya_tensors(

@@ -179,8 +179,36 @@ def lora_layers(module: Any) -> dict[str, Any]:
 
 
 def adapted_components(model: Any) -> dict[str, Any]:
-    """The components of a BaseModel that carry the adapter."""
-    return {name: mod for name, mod in model.component_modules().items() if lora_layers(mod)}
+    """The components of a BaseModel that carry the adapter (of any kind)."""
+    from trainer.network import adapter_layers
+
+    return {name: mod for name, mod in model.component_modules().items() if adapter_layers(mod)}
+
+
+@dataclass
+class AdaptedLayer:
+    """One trained layer of any kind, as it goes into a kohya/LyCORIS file: tensors by key suffix and alpha."""
+
+    component: str
+    path: str  # canonical module path, as in ``LoraModule``
+    kind: str  # lora | loha | lokr
+    parts: dict[str, Any]
+    alpha: float
+    layer: Any  # the PEFT layer itself
+
+
+def adapted_layers(model: Any) -> list[AdaptedLayer]:
+    """Every adapted layer of the model with the file tensors its kind writes (``networks.*.file_parts``)."""
+    from trainer.network import adapter_layers
+    from trainer.networks import kind_of_layer
+
+    out = []
+    for component, module in adapted_components(model).items():
+        for name, layer in adapter_layers(module).items():
+            kind = kind_of_layer(layer)
+            parts, alpha = kind.file_parts(layer, ADAPTER_NAME)
+            out.append(AdaptedLayer(component, canonical_path(component, module, name), kind.name, parts, alpha, layer))
+    return out
 
 
 def num_text_encoders(model: Any) -> int:

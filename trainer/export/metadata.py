@@ -19,6 +19,7 @@ from typing import Any
 from trainer.config import Config
 
 SS_NETWORK_MODULE = "networks.lora"  # sd-scripts' LoRA module; A1111 uses it to pick the network type
+LYCORIS_NETWORK_MODULE = "lycoris.kohya"  # what LyCORIS writes (sd-scripts loads LyCORIS as this module)
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
@@ -45,6 +46,7 @@ class TrainingMetadata:
     session_id: int = 0
     base_model_name: str = ""  # empty: config's model.base
     optimizer: str = ""  # e.g. "torch.optim.AdamW(weight_decay=0.01)"; empty: config's optimizer.name
+    validation_loss: float | None = None  # the validation loss of these weights, when the run validates
 
     @classmethod
     def from_session(cls, s: Any) -> TrainingMetadata:
@@ -66,7 +68,14 @@ class TrainingMetadata:
             dataset_dirs=dataset_dirs([r for _, r in train]),
             training_started_at=getattr(s, "started_at", None) or _started_at(Path(s.run_dir)),
             session_id=int(s.cfg.training.seed),
+            validation_loss=_validation_loss(s),
         )
+
+
+def _validation_loss(s: Any) -> float | None:
+    """The validator's result for the weights being exported (it validates before each checkpoint and the end)."""
+    last = getattr(getattr(s, "validator", None), "last", None)
+    return last.loss if last is not None and last.step == s.progress.step else None
 
 
 def _caption(s: Any, index: int, record: Any) -> str:
@@ -156,11 +165,11 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         "ss_total_batch_size": tr.batch_size * tr.gradient_accumulation_steps,
         "ss_gradient_checkpointing": tr.gradient_checkpointing,
         "ss_gradient_accumulation_steps": tr.gradient_accumulation_steps,
-        "ss_lr_warmup_steps": opt.warmup_steps,
+        "ss_lr_warmup_steps": round(opt.warmup_ratio * meta.max_train_steps) if opt.warmup_ratio else opt.warmup_steps,
         "ss_lr_scheduler": opt.scheduler,
         "ss_optimizer": meta.optimizer or opt.name,
         "ss_max_grad_norm": opt.max_grad_norm,
-        "ss_network_module": SS_NETWORK_MODULE,
+        "ss_network_module": network_module(net),
         "ss_network_dim": net.rank,
         "ss_network_alpha": net.alpha,
         "ss_network_dropout": net.dropout,
@@ -173,6 +182,18 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         "ss_seed": tr.seed,
         "ss_noise_offset": tr.noise_offset or None,
         "ss_min_snr_gamma": tr.min_snr_gamma or None,
+        "ss_clip_skip": tr.clip_skip if model.family != "sdxl" else None,
+        "ss_ip_noise_gamma": tr.ip_noise_gamma or None,
+        "ss_multires_noise_iterations": tr.multires_noise_iterations or None,
+        "ss_multires_noise_discount": tr.multires_noise_discount if tr.multires_noise_iterations else None,
+        "ss_debiased_estimation": tr.debiased_estimation,
+        "ss_loss_type": tr.loss_type,
+        "ss_huber_schedule": tr.huber_schedule if tr.loss_type != "l2" else None,
+        "ss_huber_c": tr.huber_c if tr.loss_type != "l2" else None,
+        "ss_min_timestep": tr.min_timestep,
+        "ss_max_timestep": tr.max_timestep or None,
+        "ss_timestep_sampling": tr.timestep_sampling,
+        "ss_ema_decay": tr.ema_decay or None,
         "ss_keep_tokens": ds.keep_tokens,
         "ss_shuffle_caption": ds.shuffle_captions,
         "ss_flip_aug": ds.flip,
@@ -188,15 +209,46 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         "ss_dataset_dirs": json.dumps(meta.dataset_dirs),
         "ss_training_comment": "lora-studio",
     }
+    if meta.validation_loss is not None:
+        ss["ss_validation_loss"] = round(meta.validation_loss, 6)
+        ss["ss_validation_seed"] = cfg.validation.seed
+        ss["ss_validation_split"] = cfg.validation.fraction
     # sd-scripts writes str(value) for every entry, so None becomes "None" and bools "True"/"False".
     out = {k: str(v) for k, v in ss.items()}
     out.update(modelspec(cfg, model, meta.training_started_at))
     return out
 
 
+def network_module(net: Any) -> str:
+    """sd-scripts' network module: its own ``networks.lora`` for LoRA/LoCon (``conv_dim``), LyCORIS's
+    ``lycoris.kohya`` for LoHa, LoKr and DoRA (sd-scripts' LoRA has no DoRA; LyCORIS's ``dora_wd`` has)."""
+    if net.type in ("loha", "lokr") or net.use_dora:
+        return LYCORIS_NETWORK_MODULE
+    return SS_NETWORK_MODULE
+
+
 def _network_args(cfg: Config) -> dict[str, str]:
+    """``ss_network_args`` as sd-scripts and LyCORIS record their ``--network_args``: every value a string,
+    with LyCORIS's names (``algo``, ``conv_dim``, ``conv_alpha``, ``factor``, ``dora_wd``, ``rs_lora``) and
+    sd-scripts' block-wise ones; lora-studio's own target settings beside them."""
     net = cfg.network
     args = {"unet_targets": net.unet_targets, "train_text_encoder": str(net.train_text_encoder)}
+    if network_module(net) == LYCORIS_NETWORK_MODULE:
+        args["algo"] = "locon" if net.type in ("lora", "locon") else net.type
+    if net.type == "locon" or net.conv_rank > 0:
+        args["conv_dim"] = str(net.conv_rank or net.rank)
+        args["conv_alpha"] = str(net.conv_alpha or net.alpha)
+    if net.type == "lokr":
+        args["factor"] = str(net.lokr_factor)
+    if net.use_dora:
+        args["dora_wd"] = "True"
+        args["wd_on_output"] = "True"  # LyCORIS kohya.py: magnitude per output channel, as PEFT trains it
+    if net.rslora:
+        args["rs_lora"] = "True"
+    for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas",
+                "down_lr_weight", "mid_lr_weight", "up_lr_weight"):
+        if getattr(net, key).strip():
+            args[key] = getattr(net, key).strip()
     if net.unet_targets == "custom":
         args["unet_target_modules"] = ",".join(net.unet_target_modules)
     if net.train_text_encoder:

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from trainer.export.formats import read_adapter_file
-from trainer.export.keys import adapted_components, lora_layers
+from trainer.export.keys import adapted_components, lora_layers, module_path
 from trainer.network import ADAPTER_NAME
+from trainer.networks import is_adapter_param
 
 PROBE_PROMPT = "a photo of sks"
 # Output tolerance, in units of the save dtype's rounding error relative to the LoRA's effect on the
@@ -56,9 +56,78 @@ def unit_roundoff(dtype: torch.dtype) -> float:
 
 
 def verify_adapter(path: Path, model: Any) -> Verification:
-    """Load ``path`` into a fresh pipeline and check it reproduces ``model`` (see the module docstring)."""
+    """Check that the file at ``path`` reproduces ``model``'s trained adapter.
+
+    A kohya/LyCORIS file (any kind) first has each module's ΔW computed from its keys alone and compared
+    with the trained delta (``delta_check``). Then the file is applied the way a client would: plain
+    LoRA/LoCon through diffusers' ``load_lora_weights`` (see the module docstring); LoHa, LoKr and DoRA,
+    which diffusers does not read for SD, by adding each module's ΔW to a fresh copy of the base weights
+    as ComfyUI and AUTOMATIC1111 do. Either way the outputs must match the trained model's.
+    """
+    from trainer.export.delta_check import check_file_deltas
+    from trainer.export.file_modules import is_kohya_keys, read_kohya_file
+    from trainer.export.formats import AdapterFileError
+
     path = Path(path)
-    file_dtype = read_adapter_file(path).dtype
+    if not is_kohya_keys(_keys(path)):
+        return _verify_with_diffusers(path, model)
+    try:
+        file = read_kohya_file(path)
+    except AdapterFileError as err:
+        return Verification(False, None, str(err))
+    deltas = check_file_deltas(path, model, file)
+    if deltas.problems:
+        return Verification(False, deltas.max_abs_diff, "ΔW check: " + "; ".join(deltas.problems[:5]))
+    summary = f"ΔW from the file equals the trained delta in all {deltas.modules} modules"
+    if file.kinds == {"lora"} and not file.has_dora:
+        result = _verify_with_diffusers(path, model)
+        result.message = f"{result.message}; {summary}" if result.verified else result.message
+        return result
+    return _verify_by_merge(path, model, deltas, file.dtype, summary, ", ".join(sorted(file.kinds)))
+
+
+def _file_dtype(path: Path) -> torch.dtype:
+    """The dtype of the file's first weight (alpha scalars are fp32 whatever the weights are)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())  # noqa: SIM118 (a safetensors handle is not iterable)
+        key = next((k for k in keys if not k.endswith(".alpha")), None)
+        return handle.get_tensor(key).dtype if key else torch.float32
+
+
+def _keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
+
+
+def _verify_by_merge(path: Path, model: Any, deltas: Any, file_dtype: torch.dtype, summary: str, kinds: str) -> Verification:
+    """Outputs of fresh base copies with each module's file ΔW added to its weight vs the trained model."""
+    trained = adapted_components(model)
+    fresh = {name: base_copy(module) for name, module in model.component_modules().items()}
+    probe = _probe_inputs(model)
+    base_out = _outputs(fresh, probe)
+    with _eval_mode(list(trained.values())):
+        trained_out = _outputs(model.component_modules(), probe)
+    for (component, canonical), delta in deltas.deltas.items():
+        module = fresh[component]
+        name = module_path(component, module, canonical)
+        weight = module.get_submodule(name).weight
+        _assign(module, f"{name}.weight", (weight.float() + delta.to(weight.device)).to(weight.dtype))
+    diff, problems = _compare_outputs(base_out, trained_out, _outputs(fresh, probe), file_dtype, model.unet.dtype)
+    if problems:
+        return Verification(False, diff, "; ".join(problems[:5]))
+    return Verification(
+        True, diff, f"{path.name}: {summary} ({kinds}); outputs with ΔW merged as ComfyUI/AUTOMATIC1111 apply it "
+        f"match (max abs diff {diff:.3g})"
+    )
+
+
+def _verify_with_diffusers(path: Path, model: Any) -> Verification:
+    """Load ``path`` into a fresh pipeline and check it reproduces ``model`` (see the module docstring)."""
+    file_dtype = _file_dtype(path)
     trained = adapted_components(model)
     fresh = {name: base_copy(module) for name, module in model.component_modules().items()}
     pipe = _pipeline(model, fresh)
@@ -109,7 +178,7 @@ def base_copy(module: torch.nn.Module) -> torch.nn.Module:
     tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
     for name, tensor in tensors:
         parts = name.split(".")
-        if any(p.startswith("lora_") for p in parts):
+        if is_adapter_param(name):
             continue
         _assign(fresh, ".".join(p for p in parts if p != "base_layer"), tensor.detach())
     left = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]

@@ -20,7 +20,7 @@ from trainer.export.formats import (
     kohya_tensors,
     to_dtype,
 )
-from trainer.export.keys import adapter_modules
+from trainer.export.keys import adapted_layers, adapter_modules
 from trainer.export.metadata import TrainingMetadata, safetensors_hashes, training_metadata
 
 
@@ -49,14 +49,14 @@ def export_adapter(
     model: Any, cfg: Config, out_dir: Path, *, metadata: TrainingMetadata, verify: bool
 ) -> list[ExportResult]:
     """Write the adapter in ``cfg.export.format`` and ``cfg.export.dtype``; with ``verify``, self-check each file."""
-    if not adapter_modules(model):
-        raise UserFacingError("nothing to export: the model carries no LoRA adapter (inject_lora was not called)")
+    if not adapted_layers(model):
+        raise UserFacingError("nothing to export: the model carries no adapter (inject_lora was not called)")
     header = training_metadata(cfg, model, metadata)
     dtype = to_dtype(cfg.export.dtype)
     results = []
     for fmt, path in export_paths(cfg, out_dir).items():
         if fmt == KOHYA:
-            tensors = kohya_state_dict(model, alpha=cfg.network.alpha, dtype=dtype)
+            tensors = kohya_state_dict(model, alpha=_written_alpha(cfg), dtype=dtype)
             file_meta = dict(header)
         else:
             tensors = diffusers_state_dict(model, dtype=dtype)
@@ -67,6 +67,17 @@ def export_adapter(
             _self_check(result, model)
         results.append(result)
     return results
+
+
+def _written_alpha(cfg: Config) -> float | None:
+    """``network.alpha`` written exactly as configured for plain LoRA; None (each module's effective alpha,
+    scaling · rank) where that differs from the setting: rsLoRA and per-block alphas."""
+    net = cfg.network
+    if net.rslora or net.block_alphas.strip() or net.conv_block_alphas.strip() or net.type not in ("lora", "locon"):
+        return None
+    if net.type == "locon" and (net.conv_alpha or net.alpha) != net.alpha:
+        return None
+    return net.alpha
 
 
 def _self_check(result: ExportResult, model: Any) -> None:
