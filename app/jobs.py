@@ -428,10 +428,10 @@ class JobManager:
             return True
         info = self._runner_info(job)
         runner_pid = job.pid or info.get("pid")
-        if proc is None and _pid_matches(runner_pid, str(job.job_dir)):  # MUTANT
+        if proc is None and _pid_matches(runner_pid, info.get("needle") or str(job.job_dir)):
             return True
         # The runner gone but its trainer still there (someone killed only the runner): still busy.
-        return _pid_matches(info.get("trainer_pid"), str(job.config_path))  # MUTANT
+        return _pid_matches(info.get("trainer_pid"), info.get("needle") or str(job.config_path))
 
     def _signal_runner(self, job: Job, signum: int) -> None:
         proc = self._procs.get(job.id)

@@ -34,6 +34,11 @@ def make_config(args: argparse.Namespace, run_root: Path, data_dir: Path):
     cfg.model.base = args.model
     cfg.dataset.path, cfg.dataset.resolution, cfg.dataset.trigger_word = str(data_dir), args.resolution, "sks"
     cfg.network.rank, cfg.network.alpha, cfg.network.unet_targets = args.rank, float(args.rank), args.targets
+    # lora | locon | loha | lokr, or dora (LoRA with use_dora); LoCon/LoHa/LoKr conv layers at rank / 2.
+    cfg.network.type = "lora" if args.network_type == "dora" else args.network_type
+    cfg.network.use_dora = args.network_type == "dora"
+    if args.network_type in ("locon", "loha", "lokr"):
+        cfg.network.conv_rank, cfg.network.conv_alpha = max(1, args.rank // 2), float(max(1, args.rank // 2))
     cfg.optimizer.name = args.optimizer
     cfg.training.max_steps, cfg.training.batch_size = args.steps, args.batch_size
     cfg.training.mixed_precision, cfg.training.gradient_checkpointing = args.mixed_precision, args.gradient_checkpointing
@@ -150,6 +155,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--targets", default="attention", choices=["attention", "kohya"])
+    parser.add_argument("--network-type", default="lora", choices=["lora", "locon", "loha", "lokr", "dora"],
+                        help="adapter type (the plain-loop baseline is LoRA only: use --no-baseline with the others)")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adamw8bit"])
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -174,7 +181,7 @@ def main() -> None:
     result = {
         "model": args.model, "resolution": args.resolution, "batch_size": args.batch_size,
         "mixed_precision": args.mixed_precision, "optimizer": args.optimizer,
-        "gradient_checkpointing": args.gradient_checkpointing,
+        "gradient_checkpointing": args.gradient_checkpointing, "network_type": args.network_type,
         "engine": engine, "plain": plain,
     }
     mem_key = "peak_vram_mb" if "peak_vram_mb" in engine else "peak_rss_mb"
@@ -184,7 +191,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"model {args.model} @ {args.resolution}px, batch {args.batch_size}, {args.mixed_precision}, {args.optimizer}"
+    print(f"model {args.model} @ {args.resolution}px, batch {args.batch_size}, {args.mixed_precision}, {args.optimizer}, "
+          f"{args.network_type}"
           f"{', grad-ckpt' if args.gradient_checkpointing else ''}")
     if plain:
         print(f"  plain loop : {plain['steps_per_s']:.2f} steps/s, peak {mem_key} {plain[mem_key]:.0f} MB")

@@ -97,3 +97,21 @@ def test_a_preset_says_which_settings_it_changed():
     assert "network.train_text_encoder: False → True" in changes and "training.max_steps: 100 → 2000" in changes
     assert not any(change.startswith("network.rank") for change in changes), changes
     assert preset_changes(cfg, cfg) == []
+
+
+def test_captions_edited_beside_their_images_are_saved_by_name(tmp_path):
+    from app.datasets import DatasetStore
+    from app.tabs.dataset import caption_edits, image_label, thumbnail_html
+
+    store = DatasetStore(tmp_path / "data")
+    name = store.create("dogs")
+    sample = Path(__file__).resolve().parents[1] / "sample_data"
+    store.add_files(name, [(p.name, p) for p in sorted(sample.glob("red_circle_0[01].*"))])
+    items = store.items(name)
+    labels = [image_label(item) for item in items]
+    assert labels[0] == "red_circle_00.png (96×96)"
+    edited = [items[0].caption, "a new caption for the second"]
+    assert caption_edits(items, labels, edited) == {items[1].image: "a new caption for the second"}
+    assert caption_edits(items, labels, [item.caption for item in items]) == {}
+    shown = thumbnail_html(items[0].path, "a <b> dog")
+    assert "object-fit:contain" in shown and "a &lt;b&gt; dog" in shown, "thumbnails keep their aspect ratio"

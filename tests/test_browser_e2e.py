@@ -157,7 +157,6 @@ def test_upload_train_watch_download(ui_server, browser_page):
     page.get_by_role("option", name="loha", exact=True).click()
     assert page.locator("#cfg-network-type input").first.input_value() == "loha"
     page.locator("#start-btn").click()
-    _shot(page, "03a-start-clicked")
     page.locator("#start-message").get_by_text("e2e-run").wait_for()
     _shot(page, "03-started")
 

@@ -117,8 +117,10 @@ def export(model, cfg: Config, out_dir, dtype: str = "fp16", verify: bool = True
 # Every type learns and its file is what was trained
 
 
-@pytest.mark.parametrize("family", list(MODELS))
-@pytest.mark.parametrize("variant", list(VARIANTS))
+LEARN_CASES = [(v, f) for v in VARIANTS for f in MODELS if f == "sd" or v not in ("locon-dora", "loha-conv")]
+
+
+@pytest.mark.parametrize("variant,family", LEARN_CASES)
 def test_type_learns_and_its_exported_file_passes_the_self_check(bases, tmp_path, variant, family):
     cfg = network_cfg(variant, MODELS[family])
     model = adapted(bases[family], cfg)
@@ -314,12 +316,21 @@ def test_bad_network_settings_name_the_field(overrides, message):
     assert any(message in p for p in problems), problems
 
 
-def test_diffusers_format_is_refused_for_types_diffusers_cannot_load():
+def test_diffusers_format_is_refused_or_skipped_for_types_diffusers_cannot_load(tmp_path):
+    """``diffusers`` alone is refused; ``both`` writes the kohya/LyCORIS file only and the pre-flight says so."""
     from trainer.config import validate
+    from trainer.export import export_paths
+    from trainer.networks.settings import export_warnings
 
     cfg = Config()
-    cfg.network.type, cfg.export.format = "lokr", "both"
-    assert any("`export.format = \"both\"`" in p and "use `export.format = \"kohya\"`" in p for p in validate(cfg))
+    cfg.network.type, cfg.export.format = "lokr", "diffusers"
+    assert any("`export.format = \"diffusers\"`" in p and "use `export.format = \"kohya\"`" in p for p in validate(cfg))
+    cfg.export.format = "both"
+    assert validate(cfg) == []
+    assert list(export_paths(cfg, tmp_path)) == ["kohya"]
+    assert "only the kohya/LyCORIS file is written" in export_warnings(cfg)[0]
+    cfg.network.type = "locon"  # diffusers loads LoCon: both files
+    assert list(export_paths(cfg, tmp_path)) == ["kohya", "diffusers"] and export_warnings(cfg) == []
 
 
 def test_set_dotted_accepts_the_new_settings():
@@ -383,6 +394,7 @@ def test_full_matrix_lokr_trains_at_scale_one_as_lycoris_does(bases, tmp_path):
     assert {layer.scaling[ADAPTER_NAME] for layer in layers.values()} == {1.0}
 
 
+@pytest.mark.slow  # ~3 s alone, 8 s on a busy 2-core machine
 def test_train_loop_with_loha_checkpoints_resumes_and_exports_a_checked_file(make_config):
     """The real loop (``train``) with a non-LoRA kind: its parameters are trained, checkpointed and
     resumed (``--resume`` ends where an uninterrupted run ends), and the export passes the self-check."""
@@ -406,3 +418,42 @@ def test_train_loop_with_loha_checkpoints_resumes_and_exports_a_checked_file(mak
         torch.testing.assert_close(resumed[key], value, rtol=0, atol=0, msg=f"{key}: resumed run != uninterrupted")
     [export] = [e for e in read_events(full.run_dir) if e["type"] == "export"]
     assert export["verified"] is True and "(loha)" in export["message"], export["message"]
+
+
+@pytest.mark.parametrize("family", ["sd"])  # SDXL's diffusers/PEFT names are the same code path (no sgm layout)
+def test_diffusers_format_carries_locon_and_block_ranks(bases, tmp_path, family):
+    """LoCon with its own conv rank and block-wise ranks in the diffusers/PEFT file: per-layer ranks and
+    alphas travel as PEFT's rank/alpha patterns, diffusers loads the file exactly, and init_from reads it."""
+    cfg = network_cfg("locon", MODELS[family])
+    blocks = 13 if family == "sd" else 17
+    cfg.network.block_dims = ",".join(str(2 + i % 3) for i in range(blocks))
+    model = adapted(bases[family], cfg)
+    cfg.export.format, cfg.export.dtype = "both", "fp32"
+    results = export_adapter(model, cfg, tmp_path, metadata=TrainingMetadata(), verify=True)
+    assert [r.format for r in results] == ["kohya", "diffusers"]
+    for result in results:
+        assert result.verified is True, f"{result.format}: {result.message}"
+    fresh = copy.deepcopy(bases[family])
+    inject_lora(fresh, cfg.network)
+    load_adapter_weights(fresh, results[1].path)
+    for (c, m), (_, f) in zip(adapted_components(model).items(), adapted_components(fresh).items(), strict=True):
+        for (name, layer), (_, other) in zip(adapter_layers(m).items(), adapter_layers(f).items(), strict=True):
+            torch.testing.assert_close(trained_delta(other), trained_delta(layer), msg=f"{c}.{name} after init_from")
+
+
+@pytest.mark.parametrize("variant", ["locon", "loha-conv", "lokr-conv", "dora"])
+def test_preflight_accepts_each_type_we_write_and_names_a_type_mismatch(bases, tmp_path, variant):
+    """The torch-free pre-flight check (safetensors header only) agrees with the loader on every type."""
+    from trainer.adapter_probe import check_init_from
+    from trainer.models.probe import probe_base_model
+
+    cfg = network_cfg(variant, MODELS["sdxl"])
+    result = export(adapted(bases["sdxl"], cfg), cfg, tmp_path, verify=False)
+    probe = probe_base_model(cfg.model)
+    assert check_init_from(str(result.path), cfg.network, probe).errors == []
+    other = network_cfg("lokr" if "lokr" not in variant else "loha", MODELS["sdxl"]).network
+    errors = check_init_from(str(result.path), other, probe).errors
+    assert any("set `network.type` to the file's type" in e for e in errors), errors
+    if variant == "dora":
+        plain = network_cfg("lora", MODELS["sdxl"]).network
+        assert any("set `network.use_dora = true`" in e for e in check_init_from(str(result.path), plain, probe).errors)

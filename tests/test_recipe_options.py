@@ -101,6 +101,22 @@ def test_huber_threshold_schedules_by_hand(scheduler):
     assert snr[0] > 0.8 and snr[2] < 0.11, "near 1 for clean steps, near c for pure noise"
 
 
+@pytest.mark.parametrize(("debiased", "loss_type"), [(False, "l2"), (True, "l2"), (False, "huber"), (True, "smooth_l1")])
+def test_objective_applies_the_configured_loss_and_weights(scheduler, debiased, loss_type):
+    from trainer.objective import NoisedLatents, Objective
+
+    cfg = Config()
+    cfg.training.debiased_estimation, cfg.training.loss_type = debiased, loss_type
+    cfg.training.huber_schedule, cfg.training.huber_c = "constant", 0.5
+    model = type("M", (), {"noise_scheduler": scheduler, "prediction_type": "epsilon"})()
+    noise, t = torch.zeros(2, 4, 8, 8), torch.tensor([100, 900])
+    noised = NoisedLatents(noise, t, noise)
+    loss = Objective.from_config(cfg, model).loss(noise + 1, noise, noised, torch.ones(2))  # |prediction - ε| = 1
+    per_element = {"l2": 1.0, "huber": 2 * 0.5 * (math.sqrt(1.25) - 0.5), "smooth_l1": 2 * (math.sqrt(1.25) - 0.5)}
+    weights = debiased_weights(scheduler, t) if debiased else torch.ones(2)
+    assert loss.item() == pytest.approx(per_element[loss_type] * weights.mean().item(), rel=1e-6)
+
+
 def test_pseudo_huber_and_smooth_l1_by_hand():
     pred, target = torch.tensor([[3.0], [0.0]]), torch.zeros(2, 1)
     c = torch.tensor([4.0, 4.0])

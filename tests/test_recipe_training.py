@@ -121,3 +121,26 @@ def test_tracking_off_by_default_and_a_missing_package_names_the_field(monkeypat
     with pytest.raises(UserFacingError, match=r"`tracking.wandb = true` needs the wandb package: pip install wandb"):
         tracking.accelerator_kwargs(cfg, tmp_path)
     assert tracking.hyperparameters(Config())["sampling.prompts"] == "{trigger}", "lists become text for hparams"
+
+
+def test_sample_command_uses_the_clip_skip_the_adapter_records(make_config, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+
+    from trainer.commands.sample import SampleOptions, adapter_clip_skip, sample_adapter
+
+    assert adapter_clip_skip({"ss_clip_skip": "None"}, "sd1") == 1 and adapter_clip_skip({"ss_clip_skip": "2"}, "sdxl") == 1
+    cfg = make_config("skip", training__max_steps=1, training__clip_skip=2)
+    adapter = train(cfg, show_progress=False).adapter_paths[0]
+    header = _header(adapter)
+    assert header["ss_clip_skip"] == "2"
+    one = tmp_path / "one.safetensors"
+    save_file(load_file(adapter), str(one), metadata={**header, "ss_clip_skip": "1"})
+
+    def render(path):
+        options = SampleOptions(adapter=path, prompts=["sks"], base="builtin:tiny-sd", steps=2, width=32, height=32,
+                                out=tmp_path / path.stem, device="cpu")
+        return np.asarray(Image.open(sample_adapter(options)[0].path))
+
+    assert not np.array_equal(render(adapter), render(one)), "the recorded clip skip changes the conditioning"

@@ -24,6 +24,7 @@ from typing import Any
 from trainer.config import NetworkConfig
 from trainer.models.probe import FAMILY_NAMES, ModelProbe
 from trainer.network import text_encoder_target_modules, unet_target_modules
+from trainer.networks import suffixes
 from trainer.safetensors_header import HeaderError, SafetensorsHeader, read_header
 
 KEY = "`network.init_from`"
@@ -125,28 +126,15 @@ def adapter_modules(header: SafetensorsHeader) -> list[AdapterModule]:
     )
 
 
-# Key suffixes of each kind, as ``trainer/networks/*.py`` write and read them (kept torch-free here).
-KIND_SUFFIXES = {
-    "lora": ({"lora_down.weight", "lora_up.weight"}, {"lora_down.weight", "lora_up.weight", "dora_scale", "alpha"}),
-    "loha": ({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"},
-             {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}),
-    "lokr": (set(), {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}),
-}
-MARKERS = {"lora": ("lora_down.weight",), "loha": ("hada_w1_a",), "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w2", "lokr_w2_a")}
-
-
 def _file_kind(parts: set[str]) -> str | None:
-    return next((k for k, markers in MARKERS.items() if any(m in parts for m in markers)), None)
+    return suffixes.kind_of(parts)
 
 
 def _kohya_problem(kind: str | None, parts: set[str]) -> str | None:
     if kind is None:
         return f"keys {', '.join(sorted(parts))}"
-    needed, known = KIND_SUFFIXES[kind]
-    if kind == "lokr":
-        needed = ({"lokr_w1"} if "lokr_w1" in parts else {"lokr_w1_a", "lokr_w1_b"}) | (
-            {"lokr_w2"} if "lokr_w2" in parts else {"lokr_w2_a", "lokr_w2_b"})
-    missing, unknown = needed - parts, parts - known
+    missing = suffixes.needed(kind, parts) - parts
+    unknown = parts - set(suffixes.KINDS[kind][0]) - {"alpha"}
     if missing or unknown:
         return f"{kind}: " + "; ".join(x for x in (f"missing {', '.join(sorted(missing))}" if missing else "",
                                                    f"unexpected {', '.join(sorted(unknown))}" if unknown else "") if x)
@@ -267,8 +255,8 @@ def _kind_problems(path: Path, modules: list[AdapterModule], network: NetworkCon
     return problems
 
 
-# UNet convolution containers in kohya names (diffusers layout): sd-scripts' conv_dim targets.
-_CONV_MODULE = re.compile(r"_(resnets_\d+|downsamplers_0|upsamplers_0)_[a-z_0-9]+$")
+# UNet convolution containers, kohya (diffusers layout) or PEFT names: sd-scripts' conv_dim targets.
+_CONV_MODULE = re.compile(r"[._](resnets[._]\d+|downsamplers[._]0|upsamplers[._]0)[._][a-z_0-9]+$")
 
 
 def _is_conv_module(m: AdapterModule) -> bool:

@@ -182,7 +182,7 @@ class NetworkConfig:
     )
     rank: int = option(
         16,
-        "Rank (network dim): size of the update. 4 to 32 is typical for LoRA/LoCon, lower for LoHa (rank r acts "
+        "LoRA rank (network dim): size of the update, for every `type`. 4 to 32 is typical for LoRA/LoCon, lower for LoHa (rank r acts "
         "like r²). LoKr: a rank at or above half of every layer's factor sizes (e.g. 10000) keeps both Kronecker "
         "factors whole (LyCORIS's full-matrix LoKr, trained at scale 1, `alpha` unused there).",
     )

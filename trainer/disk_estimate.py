@@ -21,7 +21,8 @@ from typing import Any
 from trainer.config import Config
 from trainer.network import text_encoder_target_modules, unet_target_modules
 
-OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16}  # optimizer state per LoRA weight
+# Optimizer state per LoRA weight (Adafactor's factored moments are far smaller; 4 bounds them for LoRA's thin matrices).
+OPTIMIZER_BYTES = {"adamw": 8, "adamw8bit": 2, "prodigy": 16, "lion": 4, "adafactor": 4, "adamw_schedulefree": 8}
 DTYPE_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4}
 EVENT_BYTES = 300  # one step event line in events.jsonl plus its log line, generously
 
@@ -114,8 +115,10 @@ def estimate_run_disk(cfg: Config, configs: dict[str, dict[str, Any]], num_image
     steps = total_steps(cfg, items_per_epoch)
     every = cfg.checkpoint.every_n_steps
     saved = (steps // every if every else 0) + (0 if every and steps % every == 0 else 1)
-    kept = min(saved, cfg.checkpoint.keep_last + 1)
-    checkpoint = weights * (4 + OPTIMIZER_BYTES.get(cfg.optimizer.name, 8)) + adapter
+    validating = bool(cfg.validation.fraction or cfg.validation.path.strip())
+    kept = min(saved, cfg.checkpoint.keep_last + 1 + int(validating))  # the best-validation one is kept too
+    ema = 4 if cfg.training.ema_decay else 0  # the fp32 average beside the weights
+    checkpoint = weights * (4 + ema + OPTIMIZER_BYTES.get(cfg.optimizer.name, 8)) + adapter
     smp, res = cfg.sampling, cfg.dataset.resolution
     previews = len(smp.prompts) * ((steps // smp.every_n_steps if smp.every_n_steps else 0) + int(smp.at_end))
     parts = {

@@ -17,9 +17,12 @@ import torch
 
 
 def lora_parameters(modules: dict[str, torch.nn.Module]) -> dict[str, torch.nn.Parameter]:
-    """Trainable adapter parameters keyed as checkpoints key them (``component.parameter_name``)."""
+    """Trainable adapter parameters (any adapter type) keyed as checkpoints key them (``component.parameter_name``)."""
+    from trainer.networks import is_adapter_param
+
     return {
-        f"{comp}.{name}": p for comp, module in modules.items() for name, p in module.named_parameters() if "lora_" in name
+        f"{comp}.{name}": p for comp, module in modules.items() for name, p in module.named_parameters()
+        if is_adapter_param(name)
     }
 
 

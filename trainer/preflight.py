@@ -34,6 +34,7 @@ from trainer.data.scan import ImageRecord, scan_folder
 from trainer.disk_estimate import DiskEstimate, estimate_run_disk, mb
 from trainer.errors import UserFacingError
 from trainer.models.probe import CONFIGS, FAMILY_NAMES, ModelProbe, probe_base_model, vae_problems
+from trainer.networks.settings import export_warnings
 from trainer.run_folder import run_dir_problem
 
 HEADER_BUDGET_S = 0.5  # opening image headers stops after this; the trainer checks every image anyway
@@ -82,7 +83,7 @@ class PreflightError(UserFacingError):
 def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     """Check ``cfg`` before a run starts; creates nothing and loads no model (see the module doc)."""
     start = time.monotonic()
-    report = PreflightReport(errors=list(validate(cfg)))
+    report = PreflightReport(errors=list(validate(cfg)), warnings=export_warnings(cfg))
     flagged = {e.split("`")[1] for e in report.errors if e.count("`") >= 2}
 
     def unflagged(key: str) -> bool:
@@ -137,6 +138,13 @@ def _check_datasets(cfg: Config, report: PreflightReport, unflagged: Any) -> tup
             report.notes.append(f"dataset.reg_path: {ds.class_images} class images will be generated into {ds.reg_path}")
             return len(records) + ds.class_images, sum(r.repeats for r in records) + ds.class_images
         records += _checked(reg, "dataset.reg_path", ds.reg_path, cfg, report)
+    if cfg.validation.fraction and unflagged("validation.fraction") and records:
+        from trainer.data.holdout import held_out_split
+
+        try:
+            records, _ = held_out_split(records, cfg.validation.fraction, cfg.validation.seed)
+        except UserFacingError as err:
+            report.errors.append(str(err))
     return len(records), sum(r.repeats for r in records)
 
 

@@ -123,7 +123,7 @@ def generate_previews(
                     width=spec.width,
                     height=spec.height,
                     generator=latent_generator(seed),
-                    **_prompt_kwargs(model, prompt, spec.negative, device),
+                    **prompt_kwargs(model, prompt, spec.negative, device),
                 ).images[0]
             path = Path(run_dir) / SAMPLES_DIR / f"step_{step:06d}_{index:02d}.png"
             save_png(image, path, {"prompt": prompt, "seed": seed, "step": step, "sampler": smp.sampler})
@@ -131,7 +131,7 @@ def generate_previews(
     return results
 
 
-def _prompt_kwargs(model: Any, prompt: str, negative: str, device: torch.device) -> dict[str, Any]:
+def prompt_kwargs(model: Any, prompt: str, negative: str, device: torch.device) -> dict[str, Any]:
     """The prompt as text, or — with ``training.clip_skip`` — as embeddings made exactly as training makes them
     (``conditioning.encode_text``), so previews show what the adapter learnt against."""
     clip_skip = getattr(model, "extra", {}).get("clip_skip", 1)

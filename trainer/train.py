@@ -32,6 +32,7 @@ from trainer.ema import AdapterEMA, inference_weights, lora_parameters
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
 from trainer.network import InjectedNetwork, inject_lora
+from trainer.networks import is_adapter_param
 from trainer.objective import Objective
 from trainer.optim import build_lr_scheduler, build_optimizer, optimizer_warnings
 from trainer.run_folder import (
@@ -166,7 +167,7 @@ def _bytes_needed(run_dir: Path, session: Session | None) -> int:
         return folder_size(last)
     if session is None:
         return 0
-    return sum(p.numel() * 4 * 3 for m in session.trained.values() for n, p in m.named_parameters() if "lora_" in n)
+    return sum(p.numel() * 4 * 3 for m in session.trained.values() for n, p in m.named_parameters() if is_adapter_param(n))
 
 
 def _kept_checkpoint(run_dir: Path) -> str:
@@ -560,7 +561,7 @@ def make_checkpoint(s: Session) -> Path | None:
     )
     s.events.emit(
         "checkpoint", step=s.progress.step, path=str(path.relative_to(s.run_dir)),
-        validation_loss=round(validation.loss, 6) if validation else None,
+        validation_loss=validation.event_fields()["loss"] if validation else None,
     )
     return path
 

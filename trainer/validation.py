@@ -14,7 +14,7 @@ RNG streams, modes or gradients (sd-scripts and ai-toolkit hold out a split the 
 
 from __future__ import annotations
 
-import random
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from trainer.conditioning import TextEmbeddings, encode_text, unet_conditioning
+from trainer.data.holdout import held_out_split
 from trainer.diffusion_math import training_target
 from trainer.errors import UserFacingError
 from trainer.timesteps import TimestepRange, grid_timesteps
@@ -38,26 +39,15 @@ class ValidationResult:
     images: int
 
     def event_fields(self) -> dict[str, Any]:
-        """The fields of a ``validation`` event (see trainer/events.py)."""
+        """The fields of a ``validation`` event (see trainer/events.py); a non-finite loss becomes None (JSON has no nan)."""
+
+        def number(value: float) -> float | None:
+            return round(value, 6) if math.isfinite(value) else None
+
         return {
-            "step": self.step, "loss": round(self.loss, 6), "timesteps": self.timesteps,
-            "per_timestep": [round(v, 6) for v in self.per_timestep], "images": self.images,
+            "step": self.step, "loss": number(self.loss), "timesteps": self.timesteps,
+            "per_timestep": [number(v) for v in self.per_timestep], "images": self.images,
         }
-
-
-def held_out_split(dataset: Any, fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    """(training records, held-out records): ``round(fraction·N)`` of the N training images (at least one),
-    chosen by ``seed`` from the images sorted by path; regularization images always stay in training."""
-    records = list(dataset.records)
-    candidates = sorted((i for i, r in enumerate(records) if not r.is_regularization), key=lambda i: str(records[i].path))
-    count = max(1, round(fraction * len(candidates)))
-    if count >= len(candidates):
-        raise UserFacingError(
-            f"`validation.fraction = {fraction}` would hold out {count} of {len(candidates)} training image(s) and "
-            "leave none to train on; lower it or use `validation.path`"
-        )
-    held = set(random.Random(f"lora-studio-validation:{seed}").sample(candidates, count))
-    return [r for i, r in enumerate(records) if i not in held], [records[i] for i in sorted(held)]
 
 
 def validation_split(cfg: Any, dataset: Any) -> tuple[Any, Any | None]:
@@ -66,7 +56,7 @@ def validation_split(cfg: Any, dataset: Any) -> tuple[Any, Any | None]:
 
     val = cfg.validation
     if val.fraction:
-        kept, held = held_out_split(dataset, val.fraction, val.seed)
+        kept, held = held_out_split(dataset.records, val.fraction, val.seed)
         train = TrainDataset(kept, dataset.cfg, dataset.seed, dataset.warnings, dataset.limits)
         return train, TrainDataset(held, dataset.cfg, dataset.seed, [], dataset.limits)
     if val.path.strip():
@@ -158,11 +148,11 @@ class Validator:
         latents = item.latents.to(device).expand(k, -1, -1, -1)  # (K, C, h, w)
         noise = item.noise.to(device)
         noisy = model.noise_scheduler.add_noise(latents, noise, t)
-        text = encode_text(model, [item.caption], device)
-        pooled = text.pooled.expand(k, -1) if text.pooled is not None else None
-        text = TextEmbeddings(text.hidden_states.expand(k, -1, -1), pooled)
-        cond = unet_conditioning(model, text, item.sizes, dtype)
-        with autocast():
+        with autocast():  # as the training forward runs: fp16/bf16 base weights beside fp32 LoRA weights
+            text = encode_text(model, [item.caption], device)
+            pooled = text.pooled.expand(k, -1) if text.pooled is not None else None
+            text = TextEmbeddings(text.hidden_states.expand(k, -1, -1), pooled)
+            cond = unet_conditioning(model, text, item.sizes, dtype)
             prediction = unet(noisy.to(dtype), t, **cond).sample
         target = training_target(model.noise_scheduler, latents, noise, t, model.prediction_type)
         return ((prediction.float() - target.float()) ** 2).mean(dim=(1, 2, 3))  # (K,)

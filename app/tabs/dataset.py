@@ -49,6 +49,22 @@ class DatasetTab:
     suggestion_message: Any
 
 
+def image_label(item: Any) -> str:
+    """The table's name cell: the whole file name (wrapped, never cut) and the image's size."""
+    return f"{item.image} ({item.width}×{item.height})"
+
+
+def caption_edits(items: list[Any], labels: list[str], captions: list[str | None]) -> dict[str, str]:
+    """``{image: new caption}`` for the table rows whose caption differs from the one on disk."""
+    by_label = {image_label(item): item for item in items}
+    edits = {}
+    for label, caption in zip(labels, captions, strict=True):
+        item = by_label.get(label)
+        if item is not None and (caption or "") != item.caption:
+            edits[item.image] = caption or ""
+    return edits
+
+
 def thumbnail_html(path: Path, alt: str) -> str:
     return f'<img src="{file_url(path)}" alt="{html.escape(alt)}" loading="lazy" style="{THUMB_STYLE}">'
 
@@ -111,7 +127,7 @@ def build(studio: Studio) -> DatasetTab:
         items = store.items(name)
         return pd.DataFrame({
             "preview": [thumbnail_html(item.path, f"{item.image}, {item.width}×{item.height}") for item in items],
-            "image": [f"{item.image} ({item.width}×{item.height})" for item in items],
+            "image": [image_label(item) for item in items],
             "caption": [item.caption for item in items],
         })
 
@@ -132,15 +148,10 @@ def build(studio: Studio) -> DatasetTab:
     def do_save(name: str | None, frame: pd.DataFrame):
         if not name:
             return "Choose a dataset first."
-        changed = 0
-        current = {item.image: item.caption for item in store.items(name)}
-        shown = {f"{item.image} ({item.width}×{item.height})": item.image for item in store.items(name)}
-        for label, caption in zip(frame["image"], frame["caption"], strict=True):
-            image = shown.get(label, label)
-            if image in current and (caption or "") != current[image]:
-                store.set_caption(name, image, caption or "")
-                changed += 1
-        return f"Saved {changed} caption(s)."
+        edits = caption_edits(store.items(name), list(frame["image"]), list(frame["caption"]))
+        for image, caption in edits.items():
+            store.set_caption(name, image, caption)
+        return f"Saved {len(edits)} caption(s)."
 
     def do_bulk(name: str | None, label: str, text_value: str, old_value: str, new_value: str):
         if not name:

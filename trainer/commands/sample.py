@@ -24,7 +24,7 @@ from trainer.config import SAMPLERS, SamplingConfig
 from trainer.errors import UserFacingError
 
 NAME = "sample"
-HELP = "generate images with a LoRA adapter (with --compare also the base model's, same seed)"
+HELP = "generate images with an adapter: LoRA, LoCon, DoRA, LoHa or LoKr (with --compare also the base model's, same seed)"
 DESCRIPTION = HELP + (
     "\n\nThe base model defaults to the one in the run folder's config.toml, else the one recorded in "
     "the adapter's metadata (ss_sd_model_name), else builtin:tiny-sd.\nExample: python -m trainer sample runs/my-lora/my-lora.safetensors "
@@ -143,6 +143,7 @@ def sample_adapter(options: SampleOptions) -> list[SampledImage]:
     """Generate every prompt with the adapter (and, with ``compare``, without it) and write PNGs."""
     import torch
 
+    from trainer.conditioning import set_clip_skip
     from trainer.models.loading import load_base_model
     from trainer.sampling import build_pipeline
 
@@ -153,6 +154,7 @@ def sample_adapter(options: SampleOptions) -> list[SampledImage]:
     # Half precision on the GPU as every SD UI does; the CPU has no fast fp16 kernels.
     dtype = torch.float16 if device.type == "cuda" else None
     model = load_base_model(_model_config(base), dtype=dtype)
+    set_clip_skip(model, adapter_clip_skip(adapter.metadata, model.family))
     pipe = build_pipeline(model, options.sampler).to(device)
     switch = _switch(pipe, model, adapter, base, options.strength)
     images = []
@@ -161,8 +163,20 @@ def sample_adapter(options: SampleOptions) -> list[SampledImage]:
         kinds = ("base", "adapted") if options.compare else ("adapted",)
         for kind in kinds:
             switch(kind == "adapted")
-            images.append(_generate(pipe, options, adapter.path, base, prompt, seed, index, kind))
+            images.append(_generate(pipe, model, options, adapter.path, base, prompt, seed, index, kind))
     return images
+
+
+def adapter_clip_skip(metadata: dict[str, str], family: str) -> int:
+    """The clip skip an adapter was trained with (``ss_clip_skip``, as sd-scripts writes it); 1 when absent.
+
+    Sampling with the same text-encoder layer the adapter learnt against is what A1111's "CLIP skip" setting
+    is for; SDXL ignores it (its encoders always give the penultimate layer)."""
+    try:
+        value = int(metadata.get("ss_clip_skip", "1"))
+    except ValueError:  # sd-scripts writes "None" when it was not set
+        return 1
+    return value if value > 1 and family != "sdxl" else 1
 
 
 def _switch(pipe: Any, model: Any, adapter: AdapterFile, base: str, strength: float) -> Any:
@@ -179,13 +193,13 @@ def _switch(pipe: Any, model: Any, adapter: AdapterFile, base: str, strength: fl
 
 
 def _generate(
-    pipe: Any, options: SampleOptions, adapter: Path, base: str, prompt: str, seed: int, index: int, kind: str
+    pipe: Any, model: Any, options: SampleOptions, adapter: Path, base: str, prompt: str, seed: int, index: int,
+    kind: str,
 ) -> SampledImage:
-    from trainer.sampling import latent_generator, save_png, settings_digest
+    from trainer.sampling import latent_generator, prompt_kwargs, save_png, settings_digest
 
     image = pipe(
-        prompt,
-        negative_prompt=options.negative_prompt or None,
+        **prompt_kwargs(model, prompt, options.negative_prompt, pipe.device),
         num_inference_steps=options.steps,
         guidance_scale=options.guidance,
         width=options.width,

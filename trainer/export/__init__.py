@@ -1,7 +1,7 @@
 """Adapter files: export (kohya and diffusers/PEFT formats, sd-scripts metadata), import, self-check.
 
-``export_adapter`` writes what a run produces and checks each file by loading it into a fresh
-diffusers pipeline; ``load_adapter_weights`` starts a run from an existing file (``network.init_from``);
+``export_adapter`` writes what a run produces (kohya/LyCORIS keys for every adapter kind in
+``trainer/networks/``) and self-checks each file (``verify``: per-module ΔW, then diffusers or a merge); ``load_adapter_weights`` starts a run from an existing file (``network.init_from``);
 ``convert_adapter`` rewrites a file in the other format.
 """
 

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,23 +119,38 @@ def diffusers_adapter_metadata(modules: list[LoraModule]) -> dict[str, str]:
     """The ``lora_adapter_metadata`` header entry: each component's LoraConfig kwargs.
 
     Targets are the full module paths without ``text_model.``: PEFT matches a target by equality or
-    by suffix, so they hit the same layers with transformers 4 and 5.
+    by suffix, so they hit the same layers with transformers 4 and 5. Layers whose rank or alpha differ
+    from the component's most common one (LoCon's convolutions, block-wise settings) go into PEFT's
+    ``rank_pattern`` / ``alpha_pattern``, keyed by the escaped path (PEFT matches ``(.*\\.)?(key)$``).
     """
     packed: dict[str, Any] = {}
     for component in dict.fromkeys(m.component for m in modules):
         mods = [m for m in modules if m.component == component]
-        ranks, alphas = {m.rank for m in mods}, {m.alpha for m in mods}
-        if len(ranks) != 1 or len(alphas) != 1:
-            raise ValueError(f"{component}: one rank and alpha per component expected, got {ranks} / {alphas}")
+        rank = Counter(m.rank for m in mods).most_common(1)[0][0]
+        alpha = Counter(m.alpha for m in mods).most_common(1)[0][0]
         values = {
-            "r": ranks.pop(),
-            "lora_alpha": alphas.pop(),
+            "r": rank,
+            "lora_alpha": alpha,
             "target_modules": sorted(m.path.removeprefix("text_model.") for m in mods),
             "lora_dropout": 0.0,
             "init_lora_weights": True,
+            "rank_pattern": {_pattern(m.path): m.rank for m in mods if m.rank != rank},
+            "alpha_pattern": {_pattern(m.path): m.alpha for m in mods if m.alpha != alpha},
         }
         packed.update({f"{component}.{k}": v for k, v in values.items()})
     return {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+
+
+def _pattern(path: str) -> str:
+    return re.escape(path.removeprefix("text_model."))
+
+
+def _pattern_value(patterns: dict[str, Any], path: str, default: Any) -> Any:
+    """PEFT's ``get_pattern_key`` rule: the first pattern matching ``(.*\\.)?(pattern)$``."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", path):
+            return value
+    return default
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +218,8 @@ def _kohya_modules(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Lo
         modules[name] = LoraModule(component="", path=name, down=down, up=parts["lora_up.weight"], alpha=alpha)
     if problems:
         raise AdapterFileError(
-            f"{path}: not a plain LoRA (LyCORIS/DoRA or incomplete modules are not supported): "
+            f"{path}: not a plain LoRA (LoHa, LoKr, DoRA or incomplete modules have no diffusers/PEFT form; "
+            "init_from, sample and the self-check read them as kohya/LyCORIS files): "
             f"{'; '.join(problems[:5])}{' ...' if len(problems) > 5 else ''}"
         )
     return modules
@@ -226,10 +244,8 @@ def _diffusers_modules(path: Path, tensors: dict[str, torch.Tensor], metadata: d
             module = f"text_model.{module}"
         rank = int(parts["lora_A"].shape[0])
         config = configs.get(component, {})
-        if config.get("alpha_pattern") or config.get("rank_pattern"):
-            raise AdapterFileError(f"{path}: per-layer rank/alpha patterns are not supported")
         # Without metadata diffusers loads PEFT keys with alpha = rank; do the same.
-        alpha = float(config.get("lora_alpha", rank))
+        alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config.get("lora_alpha", rank)))
         modules[f"{component}.{module}"] = LoraModule(component, module, parts["lora_A"], parts["lora_B"], alpha)
     return modules
 

@@ -1,5 +1,10 @@
 """Self-check of an exported adapter: load it the way users will, and compare with the in-training model.
 
+A kohya/LyCORIS file of any kind first passes ``delta_check`` (each module's ΔW from the file's keys
+alone against PEFT's merged delta). LoHa, LoKr and DoRA, which diffusers does not load for SD, are then
+applied as ComfyUI applies them — each module's ΔW added to fresh copies of the base weights — and the
+outputs compared (3. below). Plain LoRA/LoCon files, and diffusers/PEFT files, go through diffusers:
+
 A diffusers pipeline is built from *fresh* copies of the base components (same classes and configs,
 sharing the frozen base tensors, no PEFT layers) and the file goes through
 ``pipe.load_lora_weights`` — the path diffusers users take, and the one that parses kohya keys the

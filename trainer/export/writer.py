@@ -37,11 +37,14 @@ class ExportResult:
 
 
 def export_paths(cfg: Config, out_dir: Path) -> dict[str, Path]:
-    """Format -> file: ``NAME.safetensors`` (kohya) and/or ``NAME_diffusers.safetensors``."""
+    """Format -> file: ``NAME.safetensors`` (kohya/LyCORIS) and/or ``NAME_diffusers.safetensors``."""
+    from trainer.networks.settings import diffusers_blockers
+
     out_dir = Path(out_dir)
     paths = {KOHYA: out_dir / f"{cfg.run.name}.safetensors", DIFFUSERS: out_dir / f"{cfg.run.name}_diffusers.safetensors"}
     if cfg.export.format == "both":
-        return paths
+        # LoHa, LoKr, DoRA, block-wise: the kohya/LyCORIS file only (pre-flight says so: ``export_warnings``).
+        return {KOHYA: paths[KOHYA]} if diffusers_blockers(cfg.network) else paths
     return {cfg.export.format: paths[cfg.export.format]}
 
 

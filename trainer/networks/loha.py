@@ -14,16 +14,16 @@ from typing import Any
 
 import torch
 
+from trainer.networks import suffixes
 from trainer.networks.base import AdapterKind, FileModule, LayerPlan, scale_of
 from trainer.networks.lora import _exact
 
-PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+PARTS = suffixes.LOHA
 
 
 class LohaKind(AdapterKind):
     name = "loha"
-    marker_suffixes = ("hada_w1_a",)
-    known_suffixes = PARTS
+    known_suffixes, marker_suffixes = suffixes.KINDS["loha"]
 
     def owns_layer(self, layer: Any) -> bool:
         from peft.tuners.loha import LoHaLayer
@@ -61,7 +61,7 @@ class LohaKind(AdapterKind):
         return self.linear_delta(parts, alpha, base.shape)
 
     def missing_parts(self, parts: dict[str, torch.Tensor]) -> list[str]:
-        return [s for s in PARTS if s not in parts]
+        return sorted(suffixes.needed(self.name, set(parts)) - set(parts))
 
     def file_rank(self, parts: dict[str, torch.Tensor]) -> int:
         return int(parts["hada_w1_b"].shape[0])

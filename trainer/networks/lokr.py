@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from trainer.networks import suffixes
 from trainer.networks.base import AdapterKind, FileModule, LayerPlan
 from trainer.networks.lora import _exact
 
@@ -29,8 +30,7 @@ W1A, W1B, W2A, W2B = "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b"
 
 class LokrKind(AdapterKind):
     name = "lokr"
-    marker_suffixes = (W1, W1A, W2, W2A)
-    known_suffixes = (W1, W1A, W1B, W2, W2A, W2B)
+    known_suffixes, marker_suffixes = suffixes.KINDS["lokr"]
 
     def owns_layer(self, layer: Any) -> bool:
         from peft.tuners.lokr import LoKrLayer
@@ -92,12 +92,7 @@ class LokrKind(AdapterKind):
         return self.linear_delta(parts, alpha, base.shape)
 
     def missing_parts(self, parts: dict[str, torch.Tensor]) -> list[str]:
-        missing = []
-        if W1 not in parts:
-            missing += [s for s in (W1A, W1B) if s not in parts]
-        if W2 not in parts:
-            missing += [s for s in (W2A, W2B) if s not in parts]
-        return missing
+        return sorted(suffixes.needed(self.name, set(parts)) - set(parts))
 
     def file_rank(self, parts: dict[str, torch.Tensor]) -> int:
         if W2B in parts:

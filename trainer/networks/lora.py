@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from trainer.networks import suffixes
 from trainer.networks.base import U32, AdapterKind, FileModule, LayerPlan, rounding, scale_of
 
 DOWN, UP, DORA = "lora_down.weight", "lora_up.weight", "dora_scale"
@@ -25,8 +26,7 @@ DOWN, UP, DORA = "lora_down.weight", "lora_up.weight", "dora_scale"
 
 class LoraKind(AdapterKind):
     name = "lora"
-    marker_suffixes = (DOWN,)
-    known_suffixes = (DOWN, UP, DORA)
+    known_suffixes, marker_suffixes = suffixes.KINDS["lora"]
 
     def owns_layer(self, layer: Any) -> bool:
         from peft.tuners.lora import LoraLayer
@@ -104,7 +104,7 @@ class LoraKind(AdapterKind):
         return table[adapter].weight if adapter in table else None
 
     def missing_parts(self, parts: dict[str, torch.Tensor]) -> list[str]:
-        return [s for s in (DOWN, UP) if s not in parts]
+        return sorted(suffixes.needed(self.name, set(parts)) - set(parts))
 
     def file_rank(self, parts: dict[str, torch.Tensor]) -> int:
         return int(parts[DOWN].shape[0])

@@ -39,23 +39,44 @@ def network_problems(config: Any) -> list[str]:
     return p
 
 
-def _export_problems(config: Any) -> list[str]:
-    """diffusers' ``load_lora_weights`` reads LoRA (PEFT ``lora_A``/``lora_B``) only: a diffusers-format
-    file of another kind would be one nobody can load, so it is refused instead of written."""
-    net = config.network
-    if config.export.format == "kohya":
-        return []
+def diffusers_blockers(net: Any) -> list[str]:
+    """What in ``[network]`` a diffusers/PEFT file cannot hold in a form diffusers' ``load_lora_weights``
+    loads: it reads LoRA ``lora_A``/``lora_B`` (per-layer ranks and alphas through PEFT's patterns), but
+    no LoHa/LoKr, and DoRA's magnitudes only under keys PEFT itself writes."""
     what = []
     if net.type in ("loha", "lokr"):
         what.append(f"`network.type = \"{net.type}\"`")
     if net.use_dora:
         what.append("`network.use_dora`")
-    blockwise = [k for k in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas") if getattr(net, k).strip()]
-    if blockwise:
-        what.append(f"`network.{blockwise[0]}`")
-    if not what:
+    return what
+
+
+def _export_problems(config: Any) -> list[str]:
+    """``export.format = "diffusers"`` alone for such a network would be a file nobody can load: refused."""
+    what = diffusers_blockers(config.network)
+    if config.export.format != "diffusers" or not what:
         return []
     return [
-        f"`export.format = \"{config.export.format}\"`: the diffusers/PEFT file cannot hold {' or '.join(what)} in a "
-        "form diffusers loads; use `export.format = \"kohya\"` (the kohya/LyCORIS file ComfyUI and AUTOMATIC1111 read)"
+        f"`export.format = \"diffusers\"`: the diffusers/PEFT file cannot hold {' or '.join(what)} in a form "
+        "diffusers loads; use `export.format = \"kohya\"` (the kohya/LyCORIS file ComfyUI and AUTOMATIC1111 read)"
     ]
+
+
+def export_warnings(config: Any) -> list[str]:
+    """Said before training: with ``export.format = "both"`` such a network gets the kohya/LyCORIS file only;
+    a DoRA file is read exactly by LyCORIS and lora-studio only (see README, Adapter types)."""
+    out = []
+    what = diffusers_blockers(config.network)
+    if config.export.format == "both" and what:
+        out.append(
+            f"`export.format = \"both\"`: only the kohya/LyCORIS file is written; diffusers cannot load "
+            f"{' or '.join(what)} from a diffusers/PEFT file (ComfyUI and AUTOMATIC1111 read the kohya/LyCORIS one)"
+        )
+    if config.network.use_dora:
+        out.append(
+            "`network.use_dora`: the file holds PEFT's per-output-channel magnitudes (LyCORIS `wd_on_output`); "
+            "ComfyUI (2026-11) divides them by the base weight's norm instead of the adapted one's, an error of "
+            "the order of the update itself, and AUTOMATIC1111 reads only per-input-channel DoRA, so both "
+            "misapply the file; lora-studio's sample and Try it apply it as trained"
+        )
+    return out
