@@ -55,6 +55,7 @@ JOB_FILE = "job.json"
 CONFIG_FILE = "config.toml"
 OUTPUT_LOG = "output.log"
 STANDBY_PREFIX = ".standby-"
+STANDBY_RETRY_S = 60.0  # a standby that died by itself (a broken install?) is not restarted sooner
 OWNER_FILE = "owner.json"  # trainer.commands.train.OWNER_FILE: the warm trainer ends with its UI
 DIED_MESSAGE = "the trainer process ended without reporting (exit code unknown)"
 _HAS_PROC = Path("/proc/self/cmdline").exists()
@@ -222,6 +223,7 @@ class JobManager:
         self._stop_thread = threading.Event()
         self.warm_standby = warm_standby
         self._standby: tuple[Path, subprocess.Popen] | None = None
+        self._standby_retry_at = 0.0
         self._remove_standbys()
         self._load()
 
@@ -501,7 +503,12 @@ class JobManager:
         if self._standby is not None:
             if self._standby[1].poll() is None:
                 return
-            self._remove_standbys()  # it died (say, out of memory while importing): make another
+            log.warning("the warm trainer ended by itself (exit %s); see %s", self._standby[1].returncode,
+                        self._standby[0] / OUTPUT_LOG)
+            self._remove_standbys()  # it died (say, out of memory while importing): make another, later
+            self._standby_retry_at = time.monotonic() + STANDBY_RETRY_S
+        if time.monotonic() < self._standby_retry_at:
+            return
         folder = self.jobs_dir / f"{STANDBY_PREFIX}{secrets.token_hex(4)}"
         folder.mkdir(parents=True)
         write_text(folder / OWNER_FILE, json.dumps({"pid": os.getpid()}))

@@ -52,6 +52,13 @@ def run_actions(status: RunStatus, queued: bool = False) -> RunActions:
     return RunActions(resume=status.state in RESUMABLE and not queued, delete=not busy, sample_now=status.state == "running")
 
 
+def latest_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the run's newest checkpoint folder (``checkpoints/step_NNNNNN``; each is renamed into place
+    complete), or None: what ``--resume`` will continue from, read without loading anything."""
+    steps = [int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+    return max(steps, default=None)
+
+
 def _queued_for(studio: Studio, run_dir: Path) -> bool:
     return any(job.run_dir.resolve() == run_dir.resolve() for job in studio.jobs.queued())
 
@@ -87,7 +94,9 @@ def resume_run(studio: Studio, name: str | None) -> ActionResult:
     job = studio.jobs.get(job.id)
     where = "it starts when the running job ends" if job.state == "queued" else "follow it under *2 · Train*"
     verb = "Queued the resume of" if job.state == "queued" else "Resumed"
-    return ActionResult(True, f"{verb} **{name}** from its latest checkpoint: {where}.")
+    step = latest_checkpoint_step(run_dir)
+    origin = f"from its checkpoint at step {step}" if step is not None else "from step 0 (it has no checkpoint)"
+    return ActionResult(True, f"{verb} **{name}** {origin}: {where}.")
 
 
 def delete_run(studio: Studio, name: str | None) -> ActionResult:

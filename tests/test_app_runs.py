@@ -77,8 +77,9 @@ def test_resume_queues_the_runs_own_config_with_resume(tmp_path):
     assert not refused.ok and "only a stopped, failed or interrupted run can be resumed" in refused.message
     assert studio.jobs.jobs() == [], "a refused resume queues nothing"
 
+    (stopped / "checkpoints" / "step_000004").mkdir(parents=True)  # what --resume continues from
     result = resume_run(studio, "halted")
-    assert result.ok and "halted" in result.message, result.message
+    assert result.ok and "**halted** from its checkpoint at step 4" in result.message, result.message
     (job,) = studio.jobs.jobs()
     assert job.resume and job.run_dir.resolve() == stopped.resolve()
     assert 'name = "halted"' in job.config_path.read_text()

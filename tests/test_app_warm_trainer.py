@@ -106,3 +106,15 @@ def test_the_real_trainer_waits_for_its_start_and_ends_with_its_ui(tmp_path):
     (tmp_path / "owner.json").write_text(json.dumps({"pid": os.getpid()}))
     (tmp_path / "go.json").write_text(json.dumps({"resume": True, "cwd": str(tmp_path)}))
     assert wait_for_start(tmp_path) == {"resume": True, "cwd": str(tmp_path)}
+
+
+def test_a_standby_that_dies_by_itself_is_not_restarted_in_a_loop(managers, tmp_path):
+    broken = managers(warm_standby=True, trainer_command=[sys.executable, "-c", "raise SystemExit(3)"])
+    broken.tick()
+    first = broken._standby[1]
+    first.wait(timeout=20)
+    for _ in range(5):
+        broken.tick()
+    assert broken._standby is None, "a standby that cannot start is retried after a pause, not at every tick"
+    job = broken.submit(config_text(tmp_path / "runs", "cold"), "cold")
+    assert wait_state(broken, job.id).state == "failed", "the job starts cold and reports its own failure"

@@ -493,7 +493,7 @@ def test_runs_you_can_act_on_and_text_you_can_read(ui_server, browser_page):
     page.locator("#runs-refresh").click()
     page.locator("#run-summary[data-state=stopped]").wait_for()
     page.locator("#run-resume").click()
-    page.locator("#run-action-message").get_by_text("Resumed story").wait_for()
+    page.locator("#run-action-message").get_by_text("Resumed story from its checkpoint at step").wait_for()
     page.locator("#run-summary[data-state=completed]").wait_for(timeout=TRAIN_TIMEOUT_MS)
     grid = page.locator("#run-previews")
     assert int(grid.get_attribute("data-columns")) == 2, "the asked-for preview and the final one"

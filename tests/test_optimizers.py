@@ -98,3 +98,10 @@ def test_settings_an_optimizer_or_schedule_does_not_use_are_warned():
     assert any("`optimizer.beta2`" in w for w in optimizer_warnings(OptimizerConfig(name="adafactor", beta2=0.99)))
     assert any("`optimizer.prodigy_d_coef`" in w for w in optimizer_warnings(OptimizerConfig(prodigy_d_coef=0.5)))
     assert optimizer_warnings(OptimizerConfig()) == []
+
+
+def test_preflight_shows_the_warnings_before_the_run(make_config):
+    from trainer.preflight import preflight
+
+    report = preflight(make_config("warm", optimizer__warmup_steps=10))
+    assert report.ok and any("constant_with_warmup" in w for w in report.warnings), report.warnings

@@ -35,6 +35,7 @@ from trainer.disk_estimate import DiskEstimate, estimate_run_disk, mb
 from trainer.errors import UserFacingError
 from trainer.models.probe import CONFIGS, FAMILY_NAMES, ModelProbe, probe_base_model, vae_problems
 from trainer.networks.settings import export_warnings
+from trainer.optim_settings import optimizer_warnings
 from trainer.run_folder import run_dir_problem
 
 HEADER_BUDGET_S = 0.5  # opening image headers stops after this; the trainer checks every image anyway
@@ -83,7 +84,7 @@ class PreflightError(UserFacingError):
 def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     """Check ``cfg`` before a run starts; creates nothing and loads no model (see the module doc)."""
     start = time.monotonic()
-    report = PreflightReport(errors=list(validate(cfg)), warnings=export_warnings(cfg))
+    report = PreflightReport(errors=list(validate(cfg)), warnings=export_warnings(cfg) + optimizer_warnings(cfg.optimizer))
     flagged = {e.split("`")[1] for e in report.errors if e.count("`") >= 2}
 
     def unflagged(key: str) -> bool:

@@ -27,8 +27,6 @@ from trainer.diffusion_math import training_target
 from trainer.errors import UserFacingError
 from trainer.timesteps import TimestepRange, grid_timesteps
 
-VALIDATION_FILE = "validation.json"  # in each checkpoint folder: the checkpoint's ValidationResult
-
 
 @dataclass
 class ValidationResult:

@@ -64,7 +64,7 @@ def build(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
             gr.Markdown("#### Previews over time (rows: prompts, columns: steps)")
             previews = gr.HTML(elem_id="run-previews-box")
         with gr.Column(scale=2):
-            loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss (raw and smoothed)",
+            loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss: raw, smoothed, validation; checkpoints as points",
                                     elem_id="run-loss", height=240, visible=False)
             loss_hint = gr.Markdown(elem_id="run-loss-hint")
     with gr.Row(equal_height=False):

@@ -69,7 +69,7 @@ def build(studio: Studio, fields: list) -> list[Any]:
             outcome = gr.HTML(elem_id="run-outcome")  # the last finished job: stays while the next one runs
             charts_hint = gr.Markdown(CHARTS_EMPTY, elem_id="charts-hint", elem_classes="ls-empty")
             # Hidden while empty: an empty chart is a blank box with an icon that says nothing.
-            loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss (raw and smoothed)",
+            loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss: raw, smoothed, validation; checkpoints as points",
                                     elem_id="loss-plot", height=240, visible=False)
             lr_plot = gr.LinePlot(x="step", y="lr", title="Learning rate", elem_id="lr-plot", height=160, visible=False)
             previews = gr.Gallery(label="Previews (newest first)", columns=4, height=260, elem_id="preview-gallery",

@@ -121,7 +121,7 @@ def _verify_by_merge(path: Path, model: Any, deltas: Any, file_dtype: torch.dtyp
         name = module_path(component, module, canonical)
         weight = module.get_submodule(name).weight
         _assign(module, f"{name}.weight", (weight.float() + delta.to(weight.device)).to(weight.dtype))
-    diff, problems = _compare_outputs(base_out, trained_out, _outputs(fresh, probe), file_dtype, model.unet.dtype)
+    diff, problems = _compare_outputs(base_out, trained_out, _outputs(fresh, probe), file_dtype, _compute_dtypes(model))
     if problems:
         return Verification(False, diff, "; ".join(problems[:5]))
     return Verification(
@@ -151,7 +151,7 @@ def _verify_with_diffusers(path: Path, model: Any) -> Verification:
         return Verification(False, None, "; ".join(problems[:5]))
     weight_problems = _weight_problems(trained, fresh, file_dtype)
     loaded_out = _outputs(fresh, probe)
-    diff, output_problems = _compare_outputs(base_out, trained_out, loaded_out, file_dtype, model.unet.dtype)
+    diff, output_problems = _compare_outputs(base_out, trained_out, loaded_out, file_dtype, _compute_dtypes(model))
     problems = weight_problems + output_problems
     if problems:
         return Verification(False, diff, "; ".join(problems[:5]))
@@ -378,25 +378,31 @@ def _weight_problems(trained: dict[str, Any], fresh: dict[str, Any], file_dtype:
     return problems
 
 
+def _compute_dtypes(model: Any) -> dict[str, torch.dtype]:
+    return {name: next(module.parameters()).dtype for name, module in model.component_modules().items()}
+
+
 def _compare_outputs(
     base: dict[str, torch.Tensor],
     trained: dict[str, torch.Tensor],
     loaded: dict[str, torch.Tensor],
     file_dtype: torch.dtype,
-    compute_dtype: torch.dtype,
+    compute_dtype: torch.dtype | dict[str, torch.dtype],
 ) -> tuple[float, list[str]]:
     """Max |loaded - trained| over all outputs, and the outputs beyond tolerance.
 
-    Tolerance: OUTPUT_SLACK · u(file) · (LoRA effect) + OUTPUT_SLACK · u(compute) · |output|. Both
-    sides run the same PEFT code on the same base tensors, so only the stored weights' rounding and,
-    in fp16/bf16, the compute precision separate them.
+    Tolerance: OUTPUT_SLACK · u(file) · (LoRA effect) + OUTPUT_SLACK · u(compute) · |output|, with each
+    component's own compute dtype (a text encoder may run in fp16 beside an fp32 UNet). Both sides use
+    the same base tensors, so only the stored weights' rounding and, in fp16/bf16, the compute
+    precision (and, for a merged file, the rounding of W + ΔW to the weight dtype) separate them.
     """
     worst, problems = 0.0, []
     for name, want in trained.items():
         diff = (loaded[name] - want).abs().max().item()
         effect = (want - base[name]).abs().max().item()
         scale = base[name].abs().max().item()
-        tol = OUTPUT_SLACK * (unit_roundoff(file_dtype) * effect + unit_roundoff(compute_dtype) * scale)
+        dtype = compute_dtype[name] if isinstance(compute_dtype, dict) else compute_dtype
+        tol = OUTPUT_SLACK * (unit_roundoff(file_dtype) * effect + unit_roundoff(dtype) * scale)
         worst = max(worst, diff)
         if not diff <= tol:
             problems.append(f"{name} output differs by {diff:.3g} (tolerance {tol:.3g}, LoRA effect {effect:.3g})")
