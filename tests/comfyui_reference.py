@@ -8,8 +8,9 @@ reproduces, line for line in substance, the parts that decide what a file means 
 - ``comfy/lora.py: model_lora_keys_unet`` / ``model_lora_keys_clip`` (``LORA_CLIP_MAP``): the LoRA names it
   accepts (``lora_unet_`` + the LDM or the diffusers path with ``_``; ``lora_te_`` / ``lora_te1_`` /
   ``lora_te2_`` + the CLIP path) and the weight each one patches;
-- ``comfy/lora.py: load_lora`` with ``comfy/weight_adapter/{lora,loha,lokr}.py: load`` (which keys are
-  consumed; anything else is logged "lora key not loaded") and their ``calculate_weight``, and
+- ``comfy/lora.py: load_lora`` with ``comfy/weight_adapter/{lora,loha,lokr}.py: load`` and its ``diff``
+  patch (which keys are consumed; anything else is logged "lora key not loaded") and their
+  ``calculate_weight``, and
   ``comfy/weight_adapter/base.py: weight_decompose`` for DoRA.
 
 It is written from ComfyUI's code, not from lora-studio's (``trainer/export/keys.py`` maps the other way,
@@ -169,6 +170,9 @@ def load_lora(tensors: dict[str, torch.Tensor], names: list[str]) -> tuple[dict[
             loaded |= set(names4)
             w1a, w1b, w2a, w2b = (tensors[n] for n in names4)
             patches[x] = ("loha", (w1a, w1b, alpha, w2a, w2b, dora))
+        elif f"{x}.diff" in tensors:  # load_lora's "diff" patch: the weight's whole update
+            loaded.add(f"{x}.diff")
+            patches[x] = ("diff", (tensors[f"{x}.diff"],))
         else:
             parts = {s: tensors.get(f"{x}.{s}") for s in ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b")}
             loaded |= {f"{x}.{s}" for s, v in parts.items() if v is not None}
@@ -181,6 +185,8 @@ def calculate_weight(patch: tuple, weight: torch.Tensor) -> torch.Tensor:
     """The patched weight at strength 1 (``calculate_weight`` of the adapter, fp32 intermediates)."""
     kind, v = patch
     weight = weight.float().clone()
+    if kind == "diff":
+        return weight + v[0].float().reshape(weight.shape)
     if kind == "lora":
         mat1, mat2, alpha, dora = v
         scale = alpha / mat2.shape[0] if alpha is not None else 1.0

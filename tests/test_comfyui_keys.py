@@ -29,6 +29,7 @@ VARIANTS = {
     "lokr-conv": {"type": "lokr", "conv_rank": 2},
     "lokr-whole": {"type": "lokr", "rank": 64},  # both Kronecker factors whole: ComfyUI's scale is 1
     "dora": {"type": "lora", "use_dora": True},
+    "dora-full": {"type": "lora", "use_dora": True, "dora_layout": "full"},  # export.dora_layout: whole ΔW
 }
 MODELS = {"sd": "builtin:tiny-sd", "sdxl": "builtin:tiny-sdxl"}
 
@@ -43,7 +44,7 @@ def exported(base_model, variant, tmp_path):
     cfg.network.rank, cfg.network.alpha, cfg.network.train_text_encoder = 4, 2.0, True
     cfg.network.text_encoder_mlp, cfg.network.unet_targets = True, "kohya"
     for key, value in VARIANTS[variant].items():
-        setattr(cfg.network, key, value)
+        setattr(cfg.export if key == "dora_layout" else cfg.network, key, value)
     model = copy.deepcopy(base_model)
     inject_lora(model, cfg.network)
     torch.manual_seed(0)
@@ -76,7 +77,7 @@ def test_comfyui_reads_every_key_onto_the_trained_layer_with_the_trained_delta(b
         comfy_delta = calculate_weight(patch, base) - base
         want = trained_delta(layer)
         assert want.abs().max() > 1e-4, f"{name}: the test adapter must not be zero"
-        if VARIANTS[variant].get("use_dora"):
+        if patch[0] == "lora" and patch[1][3] is not None:  # a dora_scale: ComfyUI's output-axis DoRA
             # ComfyUI's output-axis DoRA divides by ‖W‖ instead of ‖W + ΔW‖ (see weight_decompose in the
             # reference): its weight is ours scaled per output row by ‖W + ΔW‖ / ‖W‖. Check exactly that,
             # so the day ComfyUI merges the fix this test says so.

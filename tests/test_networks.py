@@ -457,3 +457,70 @@ def test_preflight_accepts_each_type_we_write_and_names_a_type_mismatch(bases, t
     if variant == "dora":
         plain = network_cfg("lora", MODELS["sdxl"]).network
         assert any("set `network.use_dora = true`" in e for e in check_init_from(str(result.path), plain, probe).errors)
+
+
+def test_output_tolerance_uses_each_components_own_compute_dtype():
+    """A text encoder that computes in fp16 beside an fp32 UNet (what transformers 5 loads from an fp16
+    folder) gets fp16's rounding in the output comparison; the UNet keeps fp32's. Found on a full-size
+    SD 1.5: the merged LoHa file's text-encoder outputs differed by 0.0098 (fp16 noise) against an fp32 bound."""
+    from trainer.export.verify import _compare_outputs
+
+    base = {"unet": torch.ones(4), "text_encoder": torch.full((4,), 10.0)}
+    trained = {"unet": base["unet"] + 0.1, "text_encoder": base["text_encoder"] + 0.05}
+    loaded = {"unet": trained["unet"] + 1e-6, "text_encoder": trained["text_encoder"] + 0.005}
+    dtypes = {"unet": torch.float32, "text_encoder": torch.float16}
+    _, problems = _compare_outputs(base, trained, loaded, torch.float16, dtypes)
+    assert problems == [], problems
+    _, problems = _compare_outputs(base, trained, loaded, torch.float16, torch.float32)
+    assert len(problems) == 1 and problems[0].startswith("text_encoder output differs"), problems
+    loaded["unet"] = trained["unet"] + 0.01  # an fp32 UNet keeps its tight bound
+    _, problems = _compare_outputs(base, trained, loaded, torch.float16, dtypes)
+    assert len(problems) == 1 and problems[0].startswith("unet output differs"), problems
+
+
+def test_dora_full_layout_writes_whole_deltas_every_client_applies_exactly(bases, tmp_path):
+    """``export.dora_layout = "full"``: each DoRA layer as its whole ΔW (``.diff``), no ``dora_scale``; the
+    self-check passes, ``sample``'s merge reproduces the trained UNet, and init_from / the pre-flight refuse
+    to continue training from it, naming the setting."""
+    from trainer.adapter_probe import check_init_from
+    from trainer.export.merge import merge_adapter
+    from trainer.models.probe import probe_base_model
+
+    cfg = network_cfg("dora", MODELS["sd"])
+    cfg.export.dora_layout = "full"
+    model = adapted(bases["sd"], cfg)
+    result = export(model, cfg, tmp_path)
+    assert result.verified is True and "(full)" in result.message, result.message
+    keys = load_file(str(result.path))
+    assert keys and all(k.endswith(".diff") for k in keys), sorted(keys)[:3]
+    plain = copy.deepcopy(bases["sd"])
+    merge_adapter(plain, result.path).apply(1.0)
+    with torch.no_grad():
+        model.unet.eval()
+        want, got = unet_loss(model, True), unet_loss(plain, True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-2 * (want - unet_loss(bases["sd"], True)).abs().max().item())
+    fresh = copy.deepcopy(bases["sd"])
+    inject_lora(fresh, cfg.network)
+    with pytest.raises(UserFacingError, match=r"holds a full ΔW.*`export.dora_layout = \"magnitude\"`"):
+        load_adapter_weights(fresh, result.path)
+    errors = check_init_from(str(result.path), cfg.network, probe_base_model(cfg.model)).errors
+    assert any("`export.dora_layout = \"magnitude\"`" in e for e in errors), errors
+
+
+def test_disk_estimate_follows_the_adapter_type():
+    """The pre-flight's free-space estimate: LoHa stores two LoRA pairs; full-matrix LoKr (rank 10000) is
+    bounded by its Kronecker factors, not by rank × (in + out) (which made an SD 1.5 run 'need' 246 GB)."""
+    from trainer.config import preset_config
+    from trainer.disk_estimate import lora_weights
+
+    sd15 = {"unet": {"block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 768, "layers_per_block": 2,
+                     "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+                     "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3}}
+    lora = Config()
+    lora.network.rank, lora.network.unet_targets = 16, "kohya"
+    loha = copy.deepcopy(lora)
+    loha.network.type = "loha"
+    assert lora_weights(loha, sd15) == 2 * lora_weights(lora, sd15)
+    lokr = preset_config("character-lokr")
+    # 4.1 M: a full-size SD 1.5 file of these settings (plus text-encoder layers) held 4.7 M values, 9.4 MB in fp16
+    assert 2e6 < lora_weights(lokr, sd15) < 1e7, lora_weights(lokr, sd15)

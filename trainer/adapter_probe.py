@@ -150,6 +150,9 @@ def _kohya_module(header: SafetensorsHeader, name: str, kind: str, parts: set[st
     if kind == "loha":
         w1b = shape[f"{name}.hada_w1_b"].shape  # (r, in·k·k)
         return AdapterModule(_kohya_component(name), name, w1b, kind=kind)
+    if kind == "full":
+        diff = shape[f"{name}.diff"].shape  # (out, in, …): no rank
+        return AdapterModule(_kohya_component(name), name, (0, *diff[1:]), kind=kind, rank_known=False)
     # LoKr: in = c·d (w1 is (a, c), w2 is (b, d[·k·k])); the rank is that of a decomposed factor, if any.
     w1 = shape[f"{name}.lokr_w1"].shape if "lokr_w1" in parts else (
         shape[f"{name}.lokr_w1_a"].shape[0], shape[f"{name}.lokr_w1_b"].shape[1])
@@ -242,6 +245,10 @@ def _kind_problems(path: Path, modules: list[AdapterModule], network: NetworkCon
     """The file's adapter type and DoRA against ``network.type`` / ``network.use_dora``."""
     want = "lora" if network.type in ("lora", "locon") else network.type
     kinds = sorted({m.kind for m in modules})
+    if "full" in kinds:
+        return [f"{KEY} {path} holds whole ΔW tensors (`diff`, written with `export.dora_layout = \"full\"`): training "
+                "cannot continue from it; use the run's checkpoint (`--resume`) or a file written with "
+                "`export.dora_layout = \"magnitude\"`"]
     problems = []
     if kinds != [want]:
         types = {"lora": "lora/locon", "loha": "loha", "lokr": "lokr"}

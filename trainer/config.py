@@ -433,7 +433,21 @@ class ExportConfig:
 
     format: str = option("kohya", "`kohya` (ComfyUI, AUTOMATIC1111, diffusers), `diffusers` (PEFT keys) or `both`.", choices=EXPORT_FORMATS)
     dtype: str = option("fp16", "Weight dtype in the saved adapter.", choices=SAVE_DTYPES)
-    verify: bool = option(True, "Load the exported file back into a diffusers pipeline and check it reproduces the trained model.", advanced=True)
+    verify: bool = option(
+        True,
+        "Check each exported file reproduces the trained model: every module's ΔW from the file against the trained "
+        "one, then the outputs with the file loaded in diffusers (LoRA/LoCon) or merged into the weights (other types).",
+        advanced=True,
+    )
+    dora_layout: str = option(
+        "magnitude",
+        "How a DoRA adapter is written. `magnitude`: LoRA factors + `dora_scale` (LyCORIS's layout, small; ComfyUI "
+        "and AUTOMATIC1111 misapply it today, see the README). `full`: each layer's complete ΔW as `.diff` "
+        "(LyCORIS `full`), which ComfyUI and AUTOMATIC1111 apply exactly; as big as the adapted layers, and "
+        "`network.init_from` cannot continue from it.",
+        choices=("magnitude", "full"),
+        advanced=True,
+    )
 
 
 @dataclass

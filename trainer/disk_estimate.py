@@ -46,8 +46,9 @@ def mb(size: float) -> str:
     return f"{size / 1e6:,.0f}" if size >= 1e6 else f"{size / 1e6:.1f}"
 
 
-def unet_lora_weights(unet: dict[str, Any], targets: list[str], rank: int) -> int:
-    """LoRA weights PEFT adds to a ``UNet2DConditionModel`` with this config for these target names."""
+def unet_lora_weights(unet: dict[str, Any], targets: list[str], rank: int, full: bool = False) -> int:
+    """LoRA weights PEFT adds to a ``UNet2DConditionModel`` with this config for these target names; with
+    ``full`` the weights of the targeted layers themselves (``rank`` 1), the most any adapter kind stores."""
     channels = list(unet["block_out_channels"])
     levels = len(channels)
     cross = unet["cross_attention_dim"]
@@ -57,12 +58,12 @@ def unet_lora_weights(unet: dict[str, Any], targets: list[str], rank: int) -> in
     total = 0
     for i, kind in enumerate(unet["down_block_types"]):
         if "CrossAttn" in kind:
-            total += per_block[i] * _transformer(channels[i], cross, depth[i], targets)
+            total += per_block[i] * _transformer(channels[i], cross, depth[i], targets, full)
     for i, kind in enumerate(unet["up_block_types"]):
         if "CrossAttn" in kind:
-            total += (list(reversed(per_block))[i] + 1) * _transformer(channels[levels - 1 - i], cross, up_depth[i], targets)
+            total += (list(reversed(per_block))[i] + 1) * _transformer(channels[levels - 1 - i], cross, up_depth[i], targets, full)
     if unet.get("mid_block_type", "UNetMidBlock2DCrossAttn") == "UNetMidBlock2DCrossAttn":
-        total += _transformer(channels[-1], cross, depth[-1], targets)
+        total += _transformer(channels[-1], cross, depth[-1], targets, full)
     return total * rank
 
 
@@ -70,32 +71,54 @@ def _per_level(value: Any, levels: int) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [int(value)] * levels
 
 
-def _transformer(c: int, cross: int, depth: int, targets: list[str]) -> int:
-    """in + out summed over the targeted layers of one Transformer2DModel of ``depth`` blocks, width c."""
+def _transformer(c: int, cross: int, depth: int, targets: list[str], full: bool = False) -> int:
+    """in + out (``full``: in × out) summed over the targeted layers of one Transformer2DModel of ``depth``
+    blocks, width c."""
+    size = (lambda i, o: i * o) if full else (lambda i, o: i + o)
     block = {  # one BasicTransformerBlock: self-attention, cross-attention (k/v read the text), GEGLU MLP
-        "to_q": 2 * (c + c), "to_k": (c + c) + (cross + c), "to_v": (c + c) + (cross + c), "to_out.0": 2 * (c + c),
-        "ff.net.0.proj": c + 8 * c, "ff.net.2": 4 * c + c,
+        "to_q": 2 * size(c, c), "to_k": size(c, c) + size(cross, c), "to_v": size(c, c) + size(cross, c),
+        "to_out.0": 2 * size(c, c), "ff.net.0.proj": size(c, 8 * c), "ff.net.2": size(4 * c, c),
     }
-    outer = {"proj_in": c + c, "proj_out": c + c}  # one per Transformer2DModel
+    outer = {"proj_in": size(c, c), "proj_out": size(c, c)}  # one per Transformer2DModel
     return sum(depth * block.get(t, 0) + outer.get(t, 0) for t in targets)
 
 
-def text_encoder_lora_weights(config: dict[str, Any], targets: list[str], rank: int) -> int:
+def text_encoder_lora_weights(config: dict[str, Any], targets: list[str], rank: int, full: bool = False) -> int:
     h, inner, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    sizes = {"q_proj": 2 * h, "k_proj": 2 * h, "v_proj": 2 * h, "out_proj": 2 * h, "fc1": h + inner, "fc2": inner + h}
+    if full:
+        sizes = {"q_proj": h * h, "k_proj": h * h, "v_proj": h * h, "out_proj": h * h, "fc1": h * inner, "fc2": inner * h}
+    else:
+        sizes = {"q_proj": 2 * h, "k_proj": 2 * h, "v_proj": 2 * h, "out_proj": 2 * h, "fc1": h + inner, "fc2": inner + h}
     return layers * sum(sizes.get(t, 0) for t in targets) * rank
 
 
 def lora_weights(cfg: Config, configs: dict[str, dict[str, Any]]) -> int:
-    """LoRA weights of the run's network, for the components whose config is known (0 for the rest)."""
-    total = 0
+    """Adapter weights of the run's network, for the components whose config is known (0 for the rest).
+
+    Counted as LoRA at ``network.rank`` on the targets, then by type: LoHa stores two such pairs; a LoKr
+    at most its whole Kronecker factors (a LoKr of rank 10000 is far below rank × (in + out)); a DoRA
+    written whole (``export.dora_layout = "full"``) adds the targeted layers' own size. Convolutions
+    (LoCon, ``conv_rank``) are not counted: an estimate for the free-space check, not a file size.
+    """
+    net = cfg.network
+    lora, full = 0, 0
     if "unet" in configs:
-        total += unet_lora_weights(configs["unet"], unet_target_modules(cfg.network), cfg.network.rank)
-    if cfg.network.train_text_encoder:
+        lora += unet_lora_weights(configs["unet"], unet_target_modules(net), net.rank)
+        full += unet_lora_weights(configs["unet"], unet_target_modules(net), 1, full=True)
+    if net.train_text_encoder:
         for name in ("text_encoder", "text_encoder_2"):
             if name in configs:
-                total += text_encoder_lora_weights(configs[name], text_encoder_target_modules(cfg.network), cfg.network.rank)
-    return total
+                lora += text_encoder_lora_weights(configs[name], text_encoder_target_modules(net), net.rank)
+                full += text_encoder_lora_weights(configs[name], text_encoder_target_modules(net), 1, full=True)
+    if net.type == "loha":
+        return 2 * lora
+    if net.type == "lokr":
+        # Whole factors hold about in·out / factor² (w2) plus factor² (w1); factor -1 splits near √ and is
+        # smaller still, so 1/64 (factor 8) bounds it.
+        return min(lora, full // (net.lokr_factor**2 if net.lokr_factor > 0 else 64))
+    if net.use_dora and cfg.export.dora_layout == "full":
+        return lora + full
+    return lora
 
 
 def total_steps(cfg: Config, items_per_epoch: int) -> int:

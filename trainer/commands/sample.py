@@ -297,8 +297,8 @@ def open_adapter(path: Path) -> AdapterFile:
 
 
 def _lycoris_modules(keys: list[str]) -> int:
-    """How many modules are LoHa, LoKr or DoRA (any makes the file one diffusers cannot load); 0 otherwise."""
-    modules = {k.partition(".")[0] for k in keys if re.search(r"\.(hada_w1_a|lokr_w1|lokr_w1_a|dora_scale)$", k)}
+    """How many modules are LoHa, LoKr, DoRA or whole ΔW (any makes the file one diffusers cannot load); 0 otherwise."""
+    modules = {k.partition(".")[0] for k in keys if re.search(r"\.(hada_w1_a|lokr_w1|lokr_w1_a|lokr_w2|lokr_w2_a|dora_scale|diff)$", k)}
     if not modules:
         return 0
     return len({k.partition(".")[0] for k in keys if not k.endswith(".alpha")})

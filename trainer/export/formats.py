@@ -45,9 +45,21 @@ def to_dtype(dtype: Any) -> torch.dtype:
     return DTYPES[dtype] if isinstance(dtype, str) else dtype
 
 
-def kohya_state_dict(model: Any, alpha: float | None = None, dtype: Any = torch.float16) -> dict[str, torch.Tensor]:
-    """The model's adapter, any kind, under sd-scripts' / LyCORIS's key names (see ``kohya_layer_tensors``)."""
-    return kohya_layer_tensors(adapted_layers(model), KohyaNaming.for_model(model), alpha, dtype)
+def kohya_state_dict(
+    model: Any, alpha: float | None = None, dtype: Any = torch.float16, dora_layout: str = "magnitude"
+) -> dict[str, torch.Tensor]:
+    """The model's adapter, any kind, under sd-scripts' / LyCORIS's key names (see ``kohya_layer_tensors``);
+    with ``dora_layout = "full"`` each DoRA layer is written as its whole ΔW (``networks/full.py``)."""
+    layers = adapted_layers(model)
+    if dora_layout == "full":
+        from trainer.networks import kind
+
+        full = kind("full")
+        for layer in layers:
+            if "dora_scale" in layer.parts:
+                layer.kind = full.name
+                layer.parts, layer.alpha = full.file_parts(layer.layer, "default")
+    return kohya_layer_tensors(layers, KohyaNaming.for_model(model), alpha, dtype)
 
 
 def kohya_layer_tensors(
@@ -71,7 +83,8 @@ def kohya_layer_tensors(
                 parts["lora_up.weight"] = parts["lora_up.weight"].float() * (layer.alpha / written)
         for suffix, tensor in parts.items():
             out[f"{name}.{suffix}"] = tensor.to("cpu", dtype).contiguous()
-        out[f"{name}.alpha"] = torch.tensor(written, dtype=torch.float32)
+        if layer.kind != "full":  # a whole ΔW has no scale (LyCORIS writes no alpha for it)
+            out[f"{name}.alpha"] = torch.tensor(written, dtype=torch.float32)
     return out
 
 

@@ -123,6 +123,9 @@ def _check_kohya_fit(path: Path, fits: list[AdapterFit], layers: dict[str, dict[
             "`network.unet_targets` (`kohya` adds proj_in/proj_out/feed-forward), `network.block_dims`, "
             "`network.train_text_encoder` and `network.text_encoder_mlp` to match the file"
         )
+    for f in fits:
+        if f.module.kind == "full":
+            kind("full").load(f.layer, ADAPTER_NAME, f.module)  # raises: a whole ΔW cannot be trained on
     file_ranks = sorted({kind(f.module.kind).file_rank(f.module.parts) for f in fits})
     net_ranks = sorted({kind_of_layer(f.layer).layer_rank(f.layer, ADAPTER_NAME) for f in fits})
     same_kind = {f.module.kind for f in fits} == {kind_of_layer(f.layer).name for f in fits}

@@ -240,7 +240,10 @@ def _network_args(cfg: Config) -> dict[str, str]:
         args["conv_alpha"] = str(net.conv_alpha or net.alpha)
     if net.type == "lokr":
         args["factor"] = str(net.lokr_factor)
-    if net.use_dora:
+    if net.use_dora and cfg.export.dora_layout == "full":
+        args["algo"] = "full"  # each layer's whole ΔW (``diff`` keys), trained as DoRA
+        args["dora_wd"] = "True"
+    elif net.use_dora:
         args["dora_wd"] = "True"
         args["wd_on_output"] = "True"  # LyCORIS kohya.py: magnitude per output channel, as PEFT trains it
     if net.rslora:

@@ -125,7 +125,7 @@ def _verify_by_merge(path: Path, model: Any, deltas: Any, file_dtype: torch.dtyp
     if problems:
         return Verification(False, diff, "; ".join(problems[:5]))
     return Verification(
-        True, diff, f"{path.name}: {summary} ({kinds}); outputs with ΔW merged as ComfyUI/AUTOMATIC1111 apply it "
+        True, diff, f"{path.name}: {summary} ({kinds}); outputs with each module's ΔW merged into the base weights "
         f"match (max abs diff {diff:.3g})"
     )
 

@@ -59,7 +59,7 @@ def export_adapter(
     results = []
     for fmt, path in export_paths(cfg, out_dir).items():
         if fmt == KOHYA:
-            tensors = kohya_state_dict(model, alpha=_written_alpha(cfg), dtype=dtype)
+            tensors = kohya_state_dict(model, alpha=_written_alpha(cfg), dtype=dtype, dora_layout=cfg.export.dora_layout)
             file_meta = dict(header)
         else:
             tensors = diffusers_state_dict(model, dtype=dtype)

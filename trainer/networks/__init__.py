@@ -34,7 +34,7 @@ from trainer.config import NETWORK_TYPES
 __all__ = ["NETWORK_TYPES", "TYPE_KINDS", "all_kinds", "is_adapter_param", "kind", "kind_of_layer", "kind_of_parts"]
 # network.type -> the module that implements it
 TYPE_KINDS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
-KIND_MODULES = ("lora", "loha", "lokr")
+KIND_MODULES = ("lora", "loha", "lokr", "full")  # full: a written-only kind (DoRA as whole ΔW)
 # PEFT's parameter prefixes of the kinds: lora_A/lora_B/lora_magnitude_vector, hada_*, lokr_*.
 ADAPTER_PARAM_PREFIXES = ("lora_", "hada_", "lokr_")
 # Types that adapt the UNet's ResNet/sampler convolutions without `network.conv_rank` being set.

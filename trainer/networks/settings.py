@@ -72,11 +72,12 @@ def export_warnings(config: Any) -> list[str]:
             f"`export.format = \"both\"`: only the kohya/LyCORIS file is written; diffusers cannot load "
             f"{' or '.join(what)} from a diffusers/PEFT file (ComfyUI and AUTOMATIC1111 read the kohya/LyCORIS one)"
         )
-    if config.network.use_dora:
+    if config.network.use_dora and config.export.dora_layout == "magnitude":
         out.append(
             "`network.use_dora`: the file holds PEFT's per-output-channel magnitudes (LyCORIS `wd_on_output`); "
             "ComfyUI (2026-11) divides them by the base weight's norm instead of the adapted one's, an error of "
             "the order of the update itself, and AUTOMATIC1111 reads only per-input-channel DoRA, so both "
-            "misapply the file; lora-studio's sample and Try it apply it as trained"
+            "misapply the file; lora-studio's sample and Try it apply it as trained. `export.dora_layout = \"full\"` "
+            "writes each layer's whole ΔW instead, which both apply exactly"
         )
     return out

@@ -6,12 +6,14 @@ from __future__ import annotations
 LORA = ("lora_down.weight", "lora_up.weight", "dora_scale")
 LOHA = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 LOKR = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
+FULL = ("diff",)  # a layer's whole ΔW (LyCORIS ``full``): how DoRA is written with ``export.dora_layout = "full"``
 
 # Kind -> (every suffix it may write, the suffixes any one of which marks a module as that kind).
 KINDS = {
     "lora": (LORA, ("lora_down.weight",)),
     "loha": (LOHA, ("hada_w1_a",)),
     "lokr": (LOKR, ("lokr_w1", "lokr_w1_a", "lokr_w2", "lokr_w2_a")),
+    "full": (FULL, FULL),
 }
 
 
@@ -21,6 +23,8 @@ def needed(kind: str, present: set[str]) -> set[str]:
         return {"lora_down.weight", "lora_up.weight"}
     if kind == "loha":
         return set(LOHA)
+    if kind == "full":
+        return set(FULL)
     w1 = {"lokr_w1"} if "lokr_w1" in present else {"lokr_w1_a", "lokr_w1_b"}
     w2 = {"lokr_w2"} if "lokr_w2" in present else {"lokr_w2_a", "lokr_w2_b"}
     return w1 | w2
