@@ -274,6 +274,10 @@ def test_process_gone_without_exit_record_is_died(make_manager, runs):
     old.close()
     os.killpg(job.pid, signal.SIGKILL)  # runner and trainer vanish at once: nobody writes an exit record
     old._procs[job.id].wait(timeout=TIMEOUT)  # reap it here (a UI restart would leave that to init)
+    # SIGKILL is delivered at once but the orphaned trainer is torn down asynchronously (slowly on a busy
+    # machine): until then it still looks alive, which is "a trainer still runs", not this test's case.
+    trainer_pid = json.loads((job.config_path.parent / RUNNER_FILE).read_text())["trainer_pid"]
+    wait_until(lambda: not _pid_matches(trainer_pid, str(job.config_path)), "the killed trainer to be gone")
     new = make_manager()
     done = new.get(job.id)
     assert (done.state, done.exit_code, done.message) == ("died", None, DIED_MESSAGE)
