@@ -1,4 +1,5 @@
-"""The builtin-model cache is complete or absent: concurrent first uses, kills and damage never brick it."""
+"""The builtin-model cache is complete or absent (concurrent first uses, kills and damage never brick it),
+and the 2-process accelerate launch that first exposed it trains one adapter."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.cache_folder import MANIFEST, CacheBuildError, CacheFolder
 from trainer.config import ModelConfig
@@ -185,3 +187,48 @@ def test_accelerate_two_processes_on_an_empty_cache(empty_cache, tmp_path):
     assert builtin_cache("builtin:tiny-sd").problem() is None
     kinds = [e["type"] for e in read_events(tmp_path / "runs" / "dist")]
     assert kinds.count("started") == 1 and kinds.count("finished") == 1, f"rank 0 alone records the run: {kinds}"
+
+
+RANK_STATE_SCRIPT = """
+import os, sys
+from safetensors.torch import save_file
+import trainer.train as T
+from trainer.checkpoint import lora_state
+from trainer.commands.train import apply_overrides
+from trainer.config import Config
+
+original_finish = T.finish
+
+def finish(s, status, last_loss):  # each process's own LoRA weights, before rank 0 exports
+    save_file(lora_state(s.trained), os.path.join(sys.argv[1], f"rank{s.accelerator.process_index}.safetensors"))
+    return original_finish(s, status, last_loss)
+
+T.finish = finish
+cfg = Config()
+apply_overrides(cfg, sys.argv[2:])
+T.train(cfg, show_progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_text_encoder_adapter(empty_cache, tmp_path):
+    """Only the UNet runs through DDP's wrapper: the text-encoder LoRA gradients must be averaged too."""
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_STATE_SCRIPT)
+    settings = [
+        f'run.output_dir="{tmp_path / "runs"}"', 'run.name="te"', f'dataset.path="{SAMPLE_DATA}"',
+        "training.max_steps=4", 'training.device="cpu"', "sampling.every_n_steps=0", "sampling.at_end=false",
+        "export.verify=false", "network.train_text_encoder=true", "optimizer.learning_rate=0.001",
+    ]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    proc = subprocess.run([*launch, str(script), str(tmp_path), *settings], env=_env(empty_cache),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rank0, rank1 = (load_file(tmp_path / f"rank{i}.safetensors") for i in range(2))
+    te_ups = [k for k in rank0 if k.startswith("text_encoder.") and "lora_B" in k]
+    assert te_ups and any(rank0[k].abs().max() > 0 for k in te_ups), "the text-encoder LoRA must have trained"
+    for key in rank0:
+        torch.testing.assert_close(rank1[key], rank0[key], rtol=1e-6, atol=1e-9, msg=f"{key} differs between processes")

@@ -432,6 +432,7 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
             micro_in_step += 1
             if not sync:
                 continue
+            average_text_encoder_grads(s)
             if cfg.optimizer.max_grad_norm:
                 acc.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], cfg.optimizer.max_grad_norm)
             s.optimizer.step()
@@ -459,6 +460,27 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
                 s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
     bar.close()
     return finish(s, status, last_loss)
+
+
+def average_text_encoder_grads(s: Session) -> None:
+    """Average the text-encoder LoRA gradients over the processes of a distributed run.
+
+    Only the UNet's forward runs through its DDP wrapper, and DDP averages the gradients of a module only
+    when its forward ran through the wrapper: without this, each process would train its own text-encoder
+    adapter (they drift apart) and rank 0's would be exported. One flat all-reduce per optimizer step.
+    """
+    if s.accelerator.num_processes == 1:
+        return
+    grads = [p.grad for p in s.network.text_encoder_params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= s.accelerator.num_processes
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
 
 
 class _null:
