@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from trainer.export.formats import AdapterFileError, layer_table
+from trainer.export.formats import AdapterFileError, group_by_module, layer_table
 from trainer.networks import kind_of_parts
 from trainer.networks.base import FileModule
 
@@ -42,11 +42,7 @@ class KohyaFile:
 
 def is_kohya_keys(keys: list[str]) -> bool:
     """Any module of a kind we read (``lora_down``, ``hada_*``, ``lokr_*``)."""
-    groups: dict[str, dict[str, Any]] = {}
-    for key in keys:
-        name, _, suffix = key.partition(".")
-        groups.setdefault(name, {})[suffix] = None
-    return any(kind_of_parts(parts) is not None for parts in groups.values())
+    return any(kind_of_parts(parts) is not None for parts in group_by_module(dict.fromkeys(keys)).values())
 
 
 def read_kohya_file(path: Path) -> KohyaFile:
@@ -62,10 +58,7 @@ def read_kohya_file(path: Path) -> KohyaFile:
             metadata = dict(handle.metadata() or {})
     except (SafetensorError, OSError, ValueError) as err:
         raise AdapterFileError(f"{path}: not a readable .safetensors file ({err})") from None
-    groups: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        name, _, suffix = key.partition(".")
-        groups.setdefault(name, {})[suffix] = value
+    groups = group_by_module(tensors)
     modules, problems = {}, []
     for name, parts in groups.items():
         alpha = parts.pop("alpha", None)

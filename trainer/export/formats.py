@@ -214,11 +214,17 @@ def _header_metadata(path: Path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
-def _kohya_modules(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, LoraModule]:
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+def group_by_module(tensors: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Kohya/LyCORIS keys ``<module>.<part>`` as {module: {part: value}} (``lora_down.weight``, ``alpha``, …)."""
+    groups: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
         name, _, suffix = key.partition(".")
         groups.setdefault(name, {})[suffix] = value
+    return groups
+
+
+def _kohya_modules(path: Path, tensors: dict[str, torch.Tensor]) -> dict[str, LoraModule]:
+    groups = group_by_module(tensors)
     modules, problems = {}, []
     for name, parts in groups.items():
         extra = sorted(set(parts) - {"lora_down.weight", "lora_up.weight", "alpha"})

@@ -49,10 +49,7 @@ def load_adapter_weights(model: Any, path: Path) -> LoadedAdapter:
     modules, unknown = resolve_modules(adapter, model)
     if unknown:
         raise _other_base(path, len(unknown), len(adapter.modules), unknown[0], model)
-    layers = {
-        c: {canonical_path(c, mod, n): layer for n, layer in lora_layers(mod).items()}
-        for c, mod in adapted_components(model).items()
-    }
+    layers = _layers_by_path(model, lora_layers)
     _check_fit(path, modules, layers)
     with torch.no_grad():
         for m in modules:
@@ -63,6 +60,14 @@ def load_adapter_weights(model: Any, path: Path) -> LoadedAdapter:
             layer.lora_B[ADAPTER_NAME].weight.copy_(up)
     covered = {m.component for m in modules}
     return LoadedAdapter(path, adapter.format, len(modules), sorted(set(layers) - covered))
+
+
+def _layers_by_path(model: Any, layers_of: Any) -> dict[str, dict[str, Any]]:
+    """{component: {canonical module path: adapted layer}} for the layers ``layers_of(module)`` lists."""
+    return {
+        c: {canonical_path(c, mod, n): layer for n, layer in layers_of(mod).items()}
+        for c, mod in adapted_components(model).items()
+    }
 
 
 def _keys(path: Path) -> list[str]:
@@ -92,10 +97,7 @@ def _load_kohya(model: Any, path: Path) -> LoadedAdapter:
     resolved, unknown = resolve_file_modules(file, model)
     if unknown:
         raise _other_base(path, len(unknown), len(file.modules), unknown[0], model)
-    layers = {
-        c: {canonical_path(c, mod, n): layer for n, layer in adapter_layers(mod).items()}
-        for c, mod in adapted_components(model).items()
-    }
+    layers = _layers_by_path(model, adapter_layers)
     fits = [AdapterFit(c, p, m, layers.get(c, {}).get(p)) for (c, p), m in resolved.items()]
     _check_kohya_fit(path, fits, layers)
     for fit in fits:

@@ -1,0 +1,54 @@
+"""Presets: settings a style or a character LoRA starts from, applied over the config defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.config import Config, ConfigError, config_from_dict, config_to_dict
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "style": {
+        "network": {"rank": 16, "alpha": 8.0, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 1e-4, "scheduler": "cosine", "warmup_steps": 50},
+        "dataset": {"flip": True, "shuffle_captions": True, "keep_tokens": 1, "caption_dropout": 0.05},
+        "training": {"max_steps": 1500},
+    },
+    "character": {
+        "network": {"rank": 32, "alpha": 16.0, "unet_targets": "attention", "train_text_encoder": True},
+        "optimizer": {"learning_rate": 1e-4, "text_encoder_lr": 5e-5, "scheduler": "constant_with_warmup", "warmup_steps": 100},
+        "dataset": {"flip": False, "repeats": 10},
+        "training": {"max_steps": 2000},
+    },
+    # LoCon for styles: sd-scripts' conv_dim/conv_alpha recipe (conv rank half the linear one).
+    "style-locon": {
+        "network": {"type": "locon", "rank": 16, "alpha": 8.0, "conv_rank": 8, "conv_alpha": 4.0, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 1e-4, "scheduler": "cosine", "warmup_steps": 50},
+        "dataset": {"flip": True, "shuffle_captions": True, "keep_tokens": 1, "caption_dropout": 0.05},
+        "training": {"max_steps": 1500},
+    },
+    # LoHa for styles: LyCORIS's guidance (rank r acts like r^2, so a low rank; conv layers included).
+    "style-loha": {
+        "network": {"type": "loha", "rank": 8, "alpha": 4.0, "conv_rank": 4, "conv_alpha": 2.0, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 2e-4, "scheduler": "cosine", "warmup_steps": 50},
+        "dataset": {"flip": True, "shuffle_captions": True, "keep_tokens": 1, "caption_dropout": 0.05},
+        "training": {"max_steps": 1500},
+    },
+    # Full-matrix LoKr for characters: LyCORIS's recipe (a rank above every factor keeps both Kronecker
+    # factors whole, trained at scale 1; factor 8 keeps the file small).
+    "character-lokr": {
+        "network": {"type": "lokr", "rank": 10000, "alpha": 1.0, "lokr_factor": 8, "unet_targets": "kohya"},
+        "optimizer": {"learning_rate": 2e-4, "scheduler": "constant_with_warmup", "warmup_steps": 100},
+        "dataset": {"flip": False, "repeats": 10},
+        "training": {"max_steps": 2000},
+    },
+}
+
+
+def preset_config(name: str) -> Config:
+    """A Config with a preset applied over the defaults."""
+    if name not in PRESETS:
+        raise ConfigError([f"unknown preset {name!r}; presets: {', '.join(PRESETS)}"])
+    data = config_to_dict(Config())
+    for section, values in PRESETS[name].items():
+        data[section].update(values)
+    return config_from_dict(data)
