@@ -190,3 +190,14 @@ def test_an_export_that_fails_its_check_fails_the_run(make_config, monkeypatch, 
     exports = [e for e in read_events(cfg.run_dir) if e["type"] == "export"]
     assert exports and exports[0]["verified"] is False
     assert json.loads(json.dumps(finished))["adapter"], "the file stays for inspection"
+
+
+def test_a_run_folder_that_cannot_be_made_is_said_before_anything_starts(make_config, tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the runs folder should be")
+    cfg = make_config("x", run__output_dir=str(blocker / "runs"))
+    with pytest.raises(UserFacingError, match=r"cannot make run folder .*not-a-folder is a file; set `run.output_dir`"):
+        train(cfg, show_progress=False)
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(dumps_config(cfg))
+    assert cli_main(["train", str(config_path), "--dry-run"]) == 2, "the pre-flight check refuses it too"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -33,7 +34,7 @@ def run_dir_problem(cfg: Config, resume: bool) -> str | None:
     """Why the run folder cannot be used for this run, or None; creates nothing (the pre-flight check asks too)."""
     run_dir = cfg.run_dir
     if not run_dir.exists():
-        return None
+        return _unwritable_problem(run_dir)
     if not run_dir.is_dir():
         return f"run folder {run_dir} is a file; set another `run.name` or `run.output_dir`"
     has_history = (run_dir / EVENTS_FILE).exists() or (run_dir / "checkpoints").exists()
@@ -51,6 +52,18 @@ def run_dir_problem(cfg: Config, resume: bool) -> str | None:
         )
     if resume:
         return resume_config_problem(cfg)
+    return None
+
+
+def _unwritable_problem(run_dir: Path) -> str | None:
+    """Whether the run folder can be made: its nearest existing parent must be a folder we may write in."""
+    parent = run_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot make run folder {run_dir}: {parent} is a file; set `run.output_dir` to a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot make run folder {run_dir}: {parent} is not writable; set `run.output_dir` to a folder you can write"
     return None
 
 
