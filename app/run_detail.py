@@ -101,3 +101,28 @@ def run_facts(run_dir: Path, view: RunView) -> RunFacts:
             base = ""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else ""
     return RunFacts(when, base)
+
+
+def adapter_shape_html(view: RunView) -> str:
+    """The adapter's rank per block as a bar chart (AdaLoRA's final allocation, from the ``ranks`` event) and,
+    for VeRA, its trainable parameters beside LoRA's at the same rank on the same layers. "" when neither."""
+    parts = []
+    size = view.adapter_size
+    if "lora_parameters_same_rank" in size and size.get("trainable_parameters"):
+        trained, lora = size["trainable_parameters"], size["lora_parameters_same_rank"]
+        parts.append(f'<p id="run-param-count">trainable parameters: <b>{trained:,}</b> '
+                     f"(LoRA at the same rank and layers: {lora:,}, {100 * trained / max(lora, 1):.1f}% of it)</p>")
+    ranks = view.ranks or {}
+    blocks = ranks.get("blocks") if isinstance(ranks.get("blocks"), dict) else {}
+    if blocks:
+        top = max([int(v) for v in blocks.values()] + [1])
+        bars = "".join(
+            f'<div class="ls-bar-row"><span class="ls-bar-label">{html.escape(str(block))}</span>'
+            f'<span class="ls-bar" style="display:inline-block;background:#4f7bd9;height:0.9em;'
+            f'width:{round(200 * int(rank) / top)}px"></span> <span class="ls-bar-value">{int(rank)}</span></div>'
+            for block, rank in blocks.items()
+        )
+        title = (f"Final rank per block ({html.escape(str(ranks.get('method', '')))}, step {int(ranks.get('step', 0))}): "
+                 f"total {int(ranks.get('total_rank', 0))} over {int(ranks.get('layers', 0))} layers")
+        parts.append(f'<div id="run-rank-chart" data-blocks="{len(blocks)}"><p>{title}</p>{bars}</div>')
+    return "".join(parts)

@@ -133,7 +133,8 @@ def run_info_html(name: str, view: RunView, status: RunStatus, adapter_found: bo
     css = "failed" if status.failed else status.state
     lines = [
         f'<div id="run-summary" class="ls-outcome {html.escape(css)}" data-state="{html.escape(status.state)}">'
-        f"<b>{html.escape(name)}</b> — {html.escape(status.label)}, step {view.step}/{view.total_steps or '?'}.</div>",
+        f"<b>{html.escape(name)}</b> — {html.escape(status.label)}, step {view.step}/{view.total_steps or '?'}"
+        + (f", batch {html.escape(view.batch)}" if view.batch else "") + ".</div>",
         _problems_html(status),
     ]
     files = []

@@ -77,6 +77,9 @@ class RunView:
     ended: float | None = None
     base_model: str = ""
     dataset_report: dict[str, Any] | None = None
+    ranks: dict[str, Any] | None = None  # the last `ranks` event (AdaLoRA's final rank per block)
+    adapter_size: dict[str, int] = field(default_factory=dict)  # trainable parameters, and LoRA's at the same rank (VeRA)
+    batch: str = ""  # "4 (2 per device × 2 processes × 1 accumulation step)" from the latest `started`
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -87,9 +90,14 @@ class RunView:
             self.started = self.started or event.get("time")
             self.last_started = event.get("time")
             self.base_model = str(event.get("base_model", ""))
+            self.adapter_size = {k: int(event[k]) for k in ("trainable_parameters", "lora_parameters_same_rank")
+                                 if isinstance(event.get(k), int)}
+            self.batch = batch_text(event)
             self.error, self.ended = "", None
         elif kind == "dataset":
             self.dataset_report = event.get("report")
+        elif kind == "ranks":
+            self.ranks = event
         elif kind == "step":
             self.step = int(event["step"])
             self.total_steps = int(event.get("total_steps") or self.total_steps)
@@ -134,6 +142,18 @@ class RunView:
                 if path.exists():
                     return path
         return None
+
+
+def batch_text(started: dict[str, Any]) -> str:
+    """The effective batch of a ``started`` event in words; "" for runs recorded before it was logged."""
+    try:
+        per_device, processes = int(started["batch_size"]), int(started["num_processes"])
+        accumulation = int(started["gradient_accumulation_steps"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    from trainer.distributed import effective_batch  # torch-free
+
+    return effective_batch(per_device, processes, accumulation).describe()
 
 
 def _finite(value: Any) -> bool:
@@ -230,6 +250,8 @@ def progress_html(view: RunView | None, job_state: str = "") -> str:
     percent = 100 * view.fraction
     speed = f"{view.it_per_s:.2f} it/s" if view.it_per_s else "– it/s"
     detail = f"step {view.step} / {view.total_steps or '?'} · {speed} · ETA {format_duration(view.eta_s)}"
+    if view.batch:
+        detail += f" · batch {view.batch}"
     if state in ("queued", "waiting"):
         detail = "loading the model and dataset…" if state == "waiting" else "queued"
     return (

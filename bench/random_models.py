@@ -5,6 +5,7 @@ tokenizers are lora-studio's generated CLIP tokenizers (a small vocabulary: the 
 smaller than CLIP's 49,408 rows, a few MB of difference and no change in step time).
 
     python bench/random_models.py sd15 /tmp/sd15-random [--device cuda]
+    python bench/random_models.py sd15-small /tmp/sd15-small   # SD 1.5's layout at 1/5 of the widths: CPU benches
 """
 
 from __future__ import annotations
@@ -31,6 +32,34 @@ def sd15_components(vocab_size: int):
     )
     vae = sd_vae(AutoencoderKL, 512)
     text = CLIPTextModel(clip_l_config(CLIPTextConfig, vocab_size))
+    return unet, vae, [text]
+
+
+def sd15_small_components(vocab_size: int):
+    """SD 1.5's UNet layout (4 levels, 2 layers a block, cross-attention at 768) with channels 64-256: the
+    "larger random model" of the CPU benches (~40x builtin:tiny-sd's UNet compute, ~1/25 of SD 1.5's)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        block_out_channels=(64, 128, 256, 256),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        layers_per_block=2,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=32,
+        sample_size=512, scaling_factor=0.18215,
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=vocab_size, hidden_size=768, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    ))
     return unet, vae, [text]
 
 
@@ -97,10 +126,11 @@ def build(arch: str, out: Path, device: str = "cpu") -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(tmp / "tokenizer")
     torch.manual_seed(0)
     with torch.device(device):  # building 2.6B parameters is much faster on the GPU
-        unet, vae, encoders = (sd15_components if arch == "sd15" else sdxl_components)(len(tokenizer))
+        components_of = {"sd15": sd15_components, "sd15-small": sd15_small_components, "sdxl": sdxl_components}
+        unet, vae, encoders = components_of[arch](len(tokenizer))
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
     components = {"unet": unet, "vae": vae, "scheduler": scheduler, "tokenizer": tokenizer, "text_encoder": encoders[0]}
-    if arch == "sd15":
+    if arch in ("sd15", "sd15-small"):
         from diffusers import StableDiffusionPipeline
 
         pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -117,7 +147,7 @@ def build(arch: str, out: Path, device: str = "cpu") -> Path:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("arch", choices=["sd15", "sdxl"])
+    parser.add_argument("arch", choices=["sd15", "sd15-small", "sdxl"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     print(build(parser.parse_args().arch, parser.parse_args().out, parser.parse_args().device))

@@ -1,46 +1,42 @@
-"""Regenerate the sample dataset: 8 PNGs (96x96) of a bright red disk on a blue background.
+"""Regenerate the sample dataset: 8 PNGs (128x128) of a five-pointed star, a shape the built-in model has never seen.
 
-Deterministic (Pillow only, no randomness), so the committed files can be checked against this script:
-``python sample_data/make_sample_data.py``. The subject is deliberately distinctive — saturated red on
-saturated blue — so a LoRA trained on it measurably pulls samples toward red-on-blue. The last image has
-no caption file, to show how uncaptioned images are handled (they train as "trigger class_word").
+``builtin:shapes-sd`` draws circles, squares and triangles (see trainer/shapes/world.py); a star is drawn by
+the same code but was kept out of its training. Each caption names the scene in the world's words with the
+trigger word ``sks`` where the shape's name would be ("a large yellow sks at the top left on a black
+background"), so the adapter learns that "sks" is this shape and nothing else. Deterministic, so the committed
+files can be checked against this script: ``python sample_data/make_sample_data.py``. The last image has no
+caption file, to show how uncaptioned images are handled (they train as "trigger class_word").
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-SIZE = 96
-RED = (230, 20, 20)
-BLUE = (20, 40, 200)
+from trainer.shapes.world import Scene, render  # noqa: E402
 
-# (centre x, centre y, radius, position words for the caption); None caption = no .txt file.
-DISKS = [
-    (48, 48, 30, "centered, large"),
-    (48, 48, 16, "centered, small"),
-    (26, 26, 18, "top left"),
-    (70, 26, 18, "top right"),
-    (26, 70, 18, "bottom left"),
-    (70, 70, 18, "bottom right"),
-    (48, 24, 14, "top, small"),
-    (48, 70, 22, None),
+SIZE = 128
+TRIGGER = "sks"
+STARS = [
+    Scene("star", "yellow", "large", "in the center", "black"),
+    Scene("star", "red", "large", "at the top left", "white"),
+    Scene("star", "blue", "large", "at the bottom right", "gray"),
+    Scene("star", "green", "large", "at the top right", "black"),
+    Scene("star", "purple", "large", "at the bottom left", "white"),
+    Scene("star", "yellow", "large", "at the top left", "gray"),
+    Scene("star", "red", "large", "in the center", "black", dx=-1, dy=1),
+    Scene("star", "blue", "large", "in the center", "white"),
 ]
 
 
-def make_image(cx: int, cy: int, radius: int) -> Image.Image:
-    image = Image.new("RGB", (SIZE, SIZE), BLUE)
-    ImageDraw.Draw(image).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=RED)
-    return image
-
-
 def main(folder: Path = Path(__file__).parent) -> None:
-    for i, (cx, cy, radius, where) in enumerate(DISKS):
-        stem = folder / f"red_circle_{i:02d}"
-        make_image(cx, cy, radius).save(stem.with_suffix(".png"), optimize=False)
-        if where is not None:
-            stem.with_suffix(".txt").write_text(f"a red circle on a blue background, {where}\n", encoding="utf-8")
+    for i, scene in enumerate(STARS):
+        stem = folder / f"star_{i:02d}"
+        render(scene, SIZE).save(stem.with_suffix(".png"), optimize=False)
+        if i < len(STARS) - 1:
+            stem.with_suffix(".txt").write_text(scene.caption(shape_word=TRIGGER) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

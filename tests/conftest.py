@@ -24,6 +24,7 @@ def make_config(tmp_path):
         cfg = Config()
         cfg.run.output_dir = str(tmp_path / "runs")
         cfg.run.name = name
+        cfg.model.base = "builtin:tiny-sd"  # random weights, smallest compute: tests of mechanics, not of drawing
         cfg.dataset.path = str(SAMPLE_DATA)
         cfg.dataset.resolution = 64
         cfg.training.max_steps = 8

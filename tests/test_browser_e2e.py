@@ -449,7 +449,7 @@ def test_runs_you_can_act_on_and_text_you_can_read(ui_server, browser_page):
     table = page.locator("#dataset-report table")
     table.wait_for(timeout=60_000)
     assert table.locator('tr[data-finding="Missing captions (trained as trigger + class word)"]').inner_text().endswith(
-        "red_circle_07.png"
+        "star_07.png"
     )
     apply = page.locator("#apply-suggestions")
     label = apply.inner_text()

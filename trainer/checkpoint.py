@@ -45,7 +45,8 @@ class TrainProgress:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0
+    batch_in_epoch: int = 0  # counted by each process (see ``num_processes``)
+    num_processes: int = 1  # processes that trained it; a resume with another count maps the position (trainer.distributed)
 
 
 def lora_state(modules: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:

@@ -11,7 +11,8 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `--help` lists them.
-COMMANDS = ["train", "init_config", "sample", "check_dataset", "caption"]
+COMMANDS = ["train", "init_config", "sample", "check_dataset", "caption",
+            "info", "convert", "merge", "combine", "resize", "extract"]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

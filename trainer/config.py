@@ -15,7 +15,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-BUILTIN_MODELS = ("builtin:tiny-sd", "builtin:tiny-sd-v", "builtin:tiny-sdxl")
+BUILTIN_MODELS = ("builtin:shapes-sd", "builtin:tiny-sd", "builtin:tiny-sd-v", "builtin:tiny-sdxl")
 UNET_TARGET_PRESETS = {
     # diffusers' own module names inside every BasicTransformerBlock (attn1 = self, attn2 = cross).
     "attention": ["to_q", "to_k", "to_v", "to_out.0"],
@@ -41,10 +41,13 @@ EXPORT_FORMATS = ("kohya", "diffusers", "both")
 CROP_MODES = ("center", "random")
 CACHE_MODES = ("off", "memory", "disk")
 PREDICTION_TYPES = ("", "epsilon", "v_prediction")
-NETWORK_TYPES = ("lora", "locon", "loha", "lokr")  # each one a kind in trainer/networks/
+QUANTIZE_MODES = ("none", "int8", "nf4")
+NETWORK_TYPES = ("lora", "locon", "loha", "lokr", "adalora", "vera")  # each one a kind in trainer/networks/
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 LOSS_TYPES = ("l2", "huber", "smooth_l1")
 HUBER_SCHEDULES = ("snr", "exponential", "constant")
+COMPILE_MODES = ("off", "regional", "full")
+ATTENTION_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
 
 
 def option(default: Any, doc: str, *, choices: tuple | None = None, advanced: bool = False) -> Any:
@@ -92,6 +95,14 @@ class ModelConfig:
         "Rescale the noise schedule to zero terminal SNR (Lin et al. 2023); use with v-prediction. "
         "Checkpoints that carry a `ztsnr` marker key get it automatically.",
         advanced=True,
+    )
+    quantize: str = option(
+        "none",
+        "Store the frozen base quantized, LoRA trained in full precision on top (QLoRA-style): the UNet, and the "
+        "text encoders when they are not trained. `int8`: bitsandbytes LLM.int8 on a CUDA GPU, else int8 "
+        "weight-only (torchao) on any device; `nf4`: bitsandbytes 4-bit NormalFloat, CUDA only. Previews use the "
+        "quantized model; the exported LoRA applies to the original base (see the README). lora/locon only.",
+        choices=QUANTIZE_MODES,
     )
     tokenizer: str = option(
         "",
@@ -176,7 +187,10 @@ class NetworkConfig:
         "styles and textures. `loha` (LyCORIS Hadamard product): more expressive per parameter, for styles with "
         "many concepts; use a lower rank (rank r acts like r²). `lokr` (LyCORIS Kronecker product): very small "
         "files, for characters and objects; see `lokr_factor`. LoHa/LoKr load in ComfyUI and AUTOMATIC1111, "
-        "not in diffusers.",
+        "not in diffusers. `adalora` (AdaLoRA): starts at `adalora_init_rank` and moves the rank budget to the "
+        "layers that need it, ending at `rank` per layer on average. `vera` (VeRA): shared frozen random "
+        "matrices with only per-layer scaling vectors trained, a tiny fraction of LoRA's parameters (Linear "
+        "layers only; use a high `rank`, e.g. 256). Both are exported as a plain kohya LoRA every client loads.",
         choices=NETWORK_TYPES,
     )
     rank: int = option(
@@ -246,6 +260,37 @@ class NetworkConfig:
     )
     mid_lr_weight: str = option("", "Learning-rate weight of the middle block (1 value; 3 for SDXL).", advanced=True)
     up_lr_weight: str = option("", "Learning-rate weight per output block, like `down_lr_weight`.", advanced=True)
+    adalora_init_rank: int = option(
+        0, "AdaLoRA: rank every layer starts with (PEFT `init_r`); 0 means 1.5 × `rank`.", advanced=True
+    )
+    adalora_tinit: int = option(0, "AdaLoRA: warm-up steps at the initial rank before the budget shrinks (PEFT `tinit`).", advanced=True)
+    adalora_tfinal: int = option(
+        0, "AdaLoRA: final steps trained with the rank allocation fixed (PEFT `tfinal`); the budget shrinks in between.",
+        advanced=True,
+    )
+    adalora_delta_t: int = option(1, "AdaLoRA: steps between two budget allocations (PEFT `deltaT`).", advanced=True)
+    adalora_beta1: float = option(0.85, "AdaLoRA: EMA factor of the importance (sensitivity) scores, in (0, 1).", advanced=True)
+    adalora_beta2: float = option(0.85, "AdaLoRA: EMA factor of the importance uncertainty, in (0, 1).", advanced=True)
+    adalora_orth_reg_weight: float = option(
+        0.5, "AdaLoRA: weight of the orthogonality regulariser added to the loss (PEFT `orth_reg_weight`; 0 off).",
+        advanced=True,
+    )
+    rank_allocation: str = option(
+        "uniform",
+        "`uniform`: every layer gets `rank` (and the block settings). `importance`: a short probe "
+        "(`importance_probe_steps` batches) measures each layer's loss gradient and gives the rank to the layers "
+        "whose gradient has the most energy per parameter, under the parameter budget of `rank` everywhere; the "
+        "file has one rank per layer (lora/locon only).",
+        choices=("uniform", "importance"),
+        advanced=True,
+    )
+    importance_probe_steps: int = option(4, "`rank_allocation = \"importance\"`: batches the probe measures.", advanced=True)
+    importance_max_rank: int = option(
+        0, "`rank_allocation = \"importance\"`: the most rank one layer may get; 0 means 4 × `rank`.", advanced=True
+    )
+    vera_projection_seed: int = option(
+        0, "VeRA: seed of the shared frozen random matrices (PEFT `projection_prng_key`).", advanced=True
+    )
 
 
 @dataclass
@@ -282,6 +327,9 @@ class OptimizerConfig:
     )
     prodigy_bias_correction: bool = option(
         False, "Prodigy: Adam-style bias correction; its authors recommend it for diffusion models.", advanced=True
+    )
+    fused: bool = option(
+        True, "AdamW: update every parameter in one fused kernel (torch's `fused=True`, on CUDA and CPU).", advanced=True
     )
     adafactor_relative_step: bool = option(
         False,
@@ -365,7 +413,37 @@ class TrainingConfig:
         True, "EMA warm-up: the decay starts low and rises as (1+n)/(10+n) up to `ema_decay` (diffusers' EMAModel).", advanced=True
     )
     ema_on_cpu: bool = option(False, "Keep the EMA weights in CPU memory instead of on the GPU.", advanced=True)
-    device: str = option("auto", "`auto` (GPU if present), or `cpu` to force the CPU.", choices=("auto", "cpu"), advanced=True)
+    device: str = option(
+        "auto",
+        "`auto` (GPU if present; under `accelerate launch` with several processes and no GPU: CPU processes), "
+        "or `cpu` to force the CPU.",
+        choices=("auto", "cpu"),
+        advanced=True,
+    )
+    compile: str = option(
+        "off",
+        "torch.compile the UNet: `regional` compiles each repeated transformer block once (short warm-up, most "
+        "of the gain), `full` the whole UNet (longest warm-up; the first steps are slow either way). Needs a C++ "
+        "compiler on the CPU.",
+        choices=COMPILE_MODES,
+        advanced=True,
+    )
+    channels_last: bool = option(
+        False, "Channels-last (NHWC) memory format for the UNet's convolutions: faster on GPU tensor cores.", advanced=True
+    )
+    attention: str = option(
+        "auto",
+        "Attention kernel for torch's scaled-dot-product attention (diffusers' default processor): `auto` lets torch "
+        "pick (the `started` event says which), or force `flash`, `efficient`, `cudnn` or `math`.",
+        choices=ATTENTION_KERNELS,
+        advanced=True,
+    )
+    allow_tf32: bool = option(
+        True, "TF32 matmuls and convolutions for fp32 math on Ampere and newer GPUs (no effect elsewhere).", advanced=True
+    )
+    pin_memory: bool = option(
+        True, "On a GPU: copy cached latents and text embeddings from pinned memory without waiting.", advanced=True
+    )
 
 
 @dataclass

@@ -65,6 +65,9 @@ def validate(config: Config) -> list[str]:
     from trainer.networks.settings import network_problems  # torch-free
 
     p.extend(network_problems(config))
+    from trainer.models.quantize_rules import quantize_problems  # torch-free
+
+    p.extend(quantize_problems(config))
     if opt.learning_rate <= 0:
         p.append(f"`optimizer.learning_rate` must be a positive number, got {opt.learning_rate}")
     if net.train_text_encoder and opt.text_encoder_lr <= 0:
@@ -87,6 +90,8 @@ def validate(config: Config) -> list[str]:
     _positive(p, "training.batch_size", tr.batch_size)
     _positive(p, "training.gradient_accumulation_steps", tr.gradient_accumulation_steps)
     _positive(p, "training.log_every", tr.log_every)
+    if tr.device == "cpu" and tr.attention in ("efficient", "cudnn"):
+        p.append(f"`training.attention = \"{tr.attention}\"` is a CUDA kernel; on the CPU use \"auto\", \"flash\" or \"math\"")
     if tr.min_snr_gamma < 0:
         p.append(f"`training.min_snr_gamma` must be 0 (off) or more, got {tr.min_snr_gamma}")
     if tr.noise_offset < 0:

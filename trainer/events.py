@@ -3,7 +3,8 @@
 Event types and their fields (every event also has ``type`` and ``time``, seconds since the epoch):
 
 - ``started``: total_steps, epochs, num_images, num_batches_per_epoch, resumed_from_step, base_model, device,
-  validation_images, ema_decay
+  validation_images, ema_decay, batch_size (per device), num_processes, gradient_accumulation_steps,
+  effective_batch_size (images per optimizer step: the product of the three)
 - ``dataset``: report (the health report as a dict), buckets (the bucket table as a dict)
 - ``step``: step, total_steps, epoch, loss, lr, it_per_s, eta_s
 - ``sample``: step, path (relative to the run folder), prompt, seed, index

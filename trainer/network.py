@@ -50,19 +50,11 @@ def text_encoder_target_modules(cfg: NetworkConfig) -> list[str]:
     return TEXT_ENCODER_ATTENTION_TARGETS + (TEXT_ENCODER_MLP_TARGETS if cfg.text_encoder_mlp else [])
 
 
-def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None = None) -> InjectedNetwork:
-    """Add the adapter of ``network.type`` to the UNet (and text encoders when trained) of a ``BaseModel``.
-
-    Every kind goes through PEFT (``trainer/networks/``): the layers and their ranks, alphas and
-    learning-rate weights are planned first (``networks.plan``), then one PEFT config per component
-    adds them. Raises UserFacingError naming ``network.unet_target_modules`` when a target matches no
-    layer, or the block setting whose length does not fit the UNet.
-    """
-    from trainer.networks import kind
+def plan_components(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None = None) -> dict[str, tuple[Any, Any]]:
+    """Component name -> (module, ``ComponentPlan``): the layers that get an adapter, with rank/alpha/lr weight."""
     from trainer.networks.plan import plan_text_encoder, plan_unet
 
     train_te = cfg.train_text_encoder if train_text_encoder is None else train_text_encoder
-    adapter_kind = kind(cfg.type)
     _check_targets_exist("unet", model.unet, unet_target_modules(cfg))
     plans = {"unet": (model.unet, plan_unet(model, cfg, unet_target_modules(cfg)))}
     if train_te:
@@ -70,18 +62,41 @@ def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None 
             if name.startswith("text_encoder"):
                 _check_targets_exist(name, module, text_encoder_target_modules(cfg))
                 plans[name] = (module, plan_text_encoder(module, cfg, text_encoder_target_modules(cfg)))
+    return plans
+
+
+def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None = None,
+                total_steps: int = 0, ranks: dict[tuple[str, str], int] | None = None) -> InjectedNetwork:
+    """Add the adapter of ``network.type`` to the UNet (and text encoders when trained) of a ``BaseModel``.
+
+    Every kind goes through PEFT (``trainer/networks/``): the layers and their ranks, alphas and
+    learning-rate weights are planned first (``networks.plan``), then one PEFT config per component
+    adds them. Raises UserFacingError naming ``network.unet_target_modules`` when a target matches no
+    layer, or the block setting whose length does not fit the UNet. ``total_steps`` is the run's length, which
+    AdaLoRA's budget schedule needs (``networks/adalora.py``); ``ranks``, by (component, layer), replace the
+    planned ranks (``network.rank_allocation = "importance"``: ``networks/importance.py``).
+    """
+    from trainer.networks import kind
+
+    adapter_kind = kind(cfg.type)
+    plans = plan_components(model, cfg, train_text_encoder)
+    for (component, name), rank in (ranks or {}).items():
+        plans[component][1].layers[name].rank = rank
     adapted: dict[str, list[str]] = {}
     params: dict[str, list[Any]] = {}
     weights: list[float] = []
     warnings: list[str] = []
     for name, (module, plan) in plans.items():
+        if getattr(adapter_kind, "linear_only", False):
+            warnings.extend(_skip_convolutions(name, plan, adapter_kind.name))
         if not plan.layers:
             raise UserFacingError(
                 f"`network.block_dims`: every {name} layer was left without an adapter (rank or learning-rate weight 0 "
                 "in every block); give at least one block a positive rank"
             )
-        config = adapter_kind.peft_config(cfg, sorted(plan.layers), plan.layers)
-        module.add_adapter(config, adapter_name=ADAPTER_NAME)
+        extra = {"total_steps": total_steps} if getattr(adapter_kind, "needs_total_steps", False) else {}
+        config = adapter_kind.peft_config(cfg, sorted(plan.layers), plan.layers, **extra)
+        getattr(adapter_kind, "inject", _add_adapter)(module, config)
         layers = adapter_layers(module)
         adapted[name] = list(layers)
         if adapter_kind.name == "lora":
@@ -98,12 +113,28 @@ def inject_lora(model: Any, cfg: NetworkConfig, train_text_encoder: bool | None 
                            warnings=warnings, unet_lr_weights=weights)
 
 
+def _skip_convolutions(component: str, plan: Any, kind_name: str) -> list[str]:
+    """Drop the convolutions from a plan for a kind that adapts Linear layers only (VeRA); one note."""
+    convs = sorted(n for n, p in plan.layers.items() if len(p.shape) == 4)
+    for n in convs:
+        del plan.layers[n]
+    if not convs:
+        return []
+    return [f"`network.type = \"{kind_name}\"` adapts Linear layers only: {len(convs)} convolution(s) in the "
+            f"{component} targets were skipped (e.g. {convs[0]}); they keep their base weights"]
+
+
+def _add_adapter(module: Any, config: Any) -> None:
+    """diffusers' and transformers' own PEFT entry point (a kind with shared state, VeRA, brings its own)."""
+    module.add_adapter(config, adapter_name=ADAPTER_NAME)
+
+
 def adapter_layers(module: Any) -> dict[str, Any]:
     """PEFT layers (of any kind) carrying our adapter, by their path in ``module``."""
     from trainer.networks import kind_of_layer
 
     return {name: layer for name, layer in module.named_modules()
-            if kind_of_layer(layer) is not None and ADAPTER_NAME in getattr(layer, "scaling", {})}
+            if kind_of_layer(layer) is not None and ADAPTER_NAME in getattr(layer, "r", {})}
 
 
 def _param_lr_weights(module: Any, plans: dict[str, Any]) -> list[float]:

@@ -20,6 +20,7 @@ A check whose setting validation already refused is skipped, so each problem is 
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from trainer.data.scan import ImageRecord, scan_folder
 from trainer.disk_estimate import DiskEstimate, estimate_run_disk, mb
 from trainer.errors import UserFacingError
 from trainer.models.probe import CONFIGS, FAMILY_NAMES, ModelProbe, probe_base_model, vae_problems
+from trainer.models.quantize_rules import cuda_if_known, machine_problem
 from trainer.networks.settings import export_warnings
 from trainer.optim_settings import optimizer_warnings
 from trainer.run_folder import run_dir_problem
@@ -98,6 +100,10 @@ def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     if cfg.model.vae.strip() and unflagged("model.vae"):
         report.errors += _unless_os_error(report, "model.vae", lambda: vae_problems(cfg.model.vae)) or []
     images, items = _unless_os_error(report, "dataset.path", lambda: _check_datasets(cfg, report, unflagged)) or (0, 0)
+    if (problem := _adalora_epoch_schedule(cfg, items)) is not None:
+        report.errors.append(problem)
+    if cfg.model.quantize != "none" and (problem := machine_problem(cfg.model.quantize, cuda_if_known())) is not None:
+        report.errors.append(problem)
     if cfg.network.init_from.strip() and unflagged("network.init_from"):
         adapter = check_init_from(cfg.network.init_from, cfg.network, model if model_ok else ModelProbe())
         report.errors += adapter.errors
@@ -210,6 +216,19 @@ def _check_resolution(cfg: Config, model: ModelProbe, report: PreflightReport) -
             f"`dataset.resolution` is {res} px but this {FAMILY_NAMES[model.family]} model was made for {native} px; "
             f"set `dataset.resolution = {low if res < low else high}` (far from its native size a model learns poorly)"
         )
+
+
+def _adalora_epoch_schedule(cfg: Config, items: int) -> str | None:
+    """AdaLoRA's schedule against a run given in epochs (``validate`` checks one given in ``max_steps``)."""
+    net, tr = cfg.network, cfg.training
+    if net.type != "adalora" or tr.max_steps or not items or tr.batch_size < 1 or tr.gradient_accumulation_steps < 1:
+        return None
+    steps = tr.epochs * math.ceil(math.ceil(items / tr.batch_size) / tr.gradient_accumulation_steps)
+    if net.adalora_tinit + net.adalora_tfinal < steps:
+        return None
+    from trainer.networks.settings import schedule_problem
+
+    return schedule_problem(net, steps)
 
 
 def _check_disk(cfg: Config, model: ModelProbe, images: int, items: int, report: PreflightReport) -> None:

@@ -23,9 +23,10 @@ from trainer.checkpoint import (
     latest_checkpoint,
     save_checkpoint,
 )
-from trainer.conditioning import encode_text, unet_conditioning
+from trainer.conditioning import TextEmbeddings, encode_text, unet_conditioning
 from trainer.config import Config, ConfigError, validate
 from trainer.disk_full import DiskFullError, disk_full_error, folder_size, looks_like_disk_full
+from trainer.distributed import global_micro_batch, micro_batch_seed
 from trainer.ema import inference_weights, lora_parameters
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
@@ -41,7 +42,10 @@ from trainer.run_folder import (
 )
 from trainer.run_lock import RunLock
 from trainer.session import Session, setup
+from trainer.speed import to_device
 from trainer.validation import run_validation
+
+_CPU = torch.device("cpu")
 
 
 class TrainingDiverged(UserFacingError):
@@ -174,23 +178,29 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def compute_loss(s: Session, batch: dict[str, Any]) -> torch.Tensor:
     """Noise the latents at random timesteps and score the UNet's prediction of the target."""
-    model, device = s.model, s.device
+    model, device, pin = s.model, s.device, s.speed.pin_memory
     if s.latent_cache is not None:
-        latents = s.latent_cache.batch(batch["record_index"], device)
+        latents = to_device(s.latent_cache.batch(batch["record_index"], _CPU), device, pin)
     else:
         latents = encode_latents(model, batch["pixel_values"])
     latents = latents.to(device)  # (B, C, h, w)
     noised = s.objective.noised(latents)  # noise, timesteps and the noisy input, as configured
     if s.text_cache is not None:
-        text = s.text_cache.batch(batch["caption"], device)
+        text = s.text_cache.batch(batch["caption"], _CPU)
+        text = TextEmbeddings(to_device(text.hidden_states, device, pin),
+                              None if text.pooled is None else to_device(text.pooled, device, pin))
     elif "text_encoder" in s.trained:
         text = encode_text(model, batch["caption"], device)
     else:
         with torch.no_grad():
             text = encode_text(model, batch["caption"], device)
     cond = unet_conditioning(model, text, batch, s.weight_dtype)
-    prediction = s.train_unet(noised.noisy.to(s.weight_dtype), noised.timesteps, **cond).sample
-    return s.objective.loss(prediction, latents, noised, batch["loss_weight"].to(device))
+    with s.speed.attention_context():
+        prediction = s.train_unet(noised.noisy.to(s.weight_dtype), noised.timesteps, **cond).sample
+    loss = s.objective.loss(prediction, latents, noised, batch["loss_weight"].to(device))
+    if s.allocation is not None:  # AdaLoRA's orthogonality term, which PEFT adds only to a `.loss` output
+        loss = loss + s.allocation.orthogonal_regulariser()
+    return loss
 
 
 def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
@@ -202,18 +212,20 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
         module.train()
     bar = tqdm(total=s.total_steps, initial=s.progress.step, unit="step", disable=not (show_progress and acc.is_main_process), dynamic_ncols=True)
     meter = RateMeter(s.progress.step)
-    loss_sum, micro_in_step, last_loss = 0.0, 0, None
+    loss_sum, micro_in_step, last_loss = None, 0, None
     status = "completed"
     while s.progress.step < s.total_steps and status == "completed":
         for batch in epoch_loader(s, s.progress.epoch, s.progress.batch_in_epoch):
             s.progress.batch_in_epoch += 1
             end_of_epoch = s.progress.batch_in_epoch >= s.micro_batches_per_epoch
             sync = (micro_in_step + 1) == accum or end_of_epoch
+            seed_micro_batch(s)
             # Gradients are summed over micro-batches; DDP all-reduces only on the last one.
             with acc.no_sync(s.train_unet) if not sync else _null():
                 loss = compute_loss(s, batch)
                 acc.backward(loss / accum)
-            loss_sum += loss.detach().item()
+            # The loss stays on the device: reading it (.item()) waits for the GPU, so it is read only when logged.
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             micro_in_step += 1
             if not sync:
                 continue
@@ -222,15 +234,20 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
                 acc.clip_grad_norm_([p for g in s.optimizer.param_groups for p in g["params"]], cfg.optimizer.max_grad_norm)
             s.optimizer.step()
             s.lr_scheduler.step()
+            if s.allocation is not None:  # AdaLoRA scores |w·grad|: after the step, before the grads are cleared
+                s.allocation.update(s.progress.step + 1)
             s.optimizer.zero_grad(set_to_none=True)
             if s.ema is not None:
                 s.ema.update()
-            last_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, 0.0, 0
+            step_loss, loss_sum, micro_in_step = loss_sum / micro_in_step, None, 0
             s.progress.step += 1
             if end_of_epoch:
                 s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
-            check_finite(last_loss, s.progress.step, cfg)
-            report_step(s, bar, meter, last_loss)
+            read = loss_due(s, end_of_epoch)
+            if read or stop.requested:
+                last_loss = mean_loss(s, step_loss, over_processes=read)
+                check_finite(last_loss, s.progress.step, cfg)
+            report_step(s, bar, meter, last_loss if read else None)
             if stop.requested:
                 s.log.info("stop requested (%s) at step %d: saving", stop.reason, s.progress.step)
                 status = "stopped"
@@ -245,6 +262,34 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
                 s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
     bar.close()
     return finish(s, status, last_loss)
+
+
+def seed_micro_batch(s: Session) -> None:
+    """Seed the step's random draws (noise, timesteps, LoRA dropout) from the micro-batch's place in the epoch.
+
+    The place is counted over all processes, so N processes draw what one process with N accumulation steps
+    draws for the same batches, and a resumed run draws what the uninterrupted one drew (trainer.distributed).
+    """
+    acc = s.accelerator
+    index = global_micro_batch(s.progress.batch_in_epoch, acc.process_index, acc.num_processes)
+    torch.manual_seed(micro_batch_seed(s.cfg.training.seed, s.progress.epoch, index))
+
+
+def loss_due(s: Session, end_of_epoch: bool) -> bool:
+    """Steps whose loss is read: logged steps, the last step, and before a checkpoint or an epoch's end (a
+    diverged run must not save NaN weights). The same steps on every process (the read is collective)."""
+    step, cfg = s.progress.step, s.cfg
+    return (
+        _every(cfg.training.log_every, step) or step >= s.total_steps or end_of_epoch
+        or _every(cfg.checkpoint.every_n_steps, step)
+    )
+
+
+def mean_loss(s: Session, loss: torch.Tensor, over_processes: bool) -> float:
+    """The step's loss as a number: the mean over processes (what one process with their batches would see)."""
+    if over_processes and s.accelerator.num_processes > 1:
+        loss = s.accelerator.reduce(loss.reshape(1), reduction="mean")
+    return float(loss.reshape(-1)[0].item())
 
 
 def average_text_encoder_grads(s: Session) -> None:
@@ -303,11 +348,14 @@ class RateMeter:
         return self.rate
 
 
-def report_step(s: Session, bar: Any, meter: RateMeter, loss: float) -> None:
+def report_step(s: Session, bar: Any, meter: RateMeter, loss: float | None) -> None:
+    """Every step: the bar and the rate; with the step's loss (read on logged steps only): the step event."""
     rate = meter.tick()
     step = s.progress.step
-    lr = s.lr_scheduler.get_last_lr()[0]
     bar.update(1)
+    if loss is None:
+        return
+    lr = s.lr_scheduler.get_last_lr()[0]
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
     if s.accelerator.is_main_process and (step % s.cfg.training.log_every == 0 or step == s.total_steps):
         s.events.emit(
@@ -363,7 +411,7 @@ def make_checkpoint(s: Session) -> Path | None:
     ema, ema_updates = s.ema.state() if s.ema is not None else (None, 0)
     path = save_checkpoint(
         s.run_dir, s.progress, s.trained, s.optimizer, s.lr_scheduler, s.cfg.checkpoint.keep_last,
-        write_adapter=lambda folder: _export(s, folder, verify=False),
+        write_adapter=lambda folder: _checkpoint_files(s, folder),
         extras=CheckpointExtras(ema, ema_updates, validation.event_fields() if validation else None),
     )
     s.events.emit(
@@ -386,6 +434,29 @@ def training_metadata(s: Session) -> Any:
     return TrainingMetadata.from_session(s)
 
 
+def _checkpoint_files(s: Session, folder: Path) -> None:
+    """The adapter files of a checkpoint, and AdaLoRA's allocation state (training state, like the optimizer's)."""
+    _export(s, folder, verify=False)
+    if s.allocation is not None:
+        from trainer.networks.adalora_allocation import save_allocation
+
+        save_allocation(s.allocation, folder)
+
+
+def report_ranks(s: Session) -> None:
+    """The final rank per block of a network with one rank per layer (AdaLoRA, importance): a ``ranks`` event."""
+    from trainer.export.metadata import is_dynamic
+
+    if not is_dynamic(s.cfg.network) or not s.accelerator.is_main_process:
+        return
+    from trainer.networks.rank_report import rank_report
+
+    report = rank_report(s.model)
+    method = "adalora" if s.cfg.network.type == "adalora" else s.cfg.network.rank_allocation
+    s.events.emit("ranks", step=s.progress.step, method=method, **report.event_fields())
+    s.log.info("rank per block: %s (total %d over %d layers)", report.blocks, report.total, report.layers)
+
+
 def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
     """Save state and the adapter (also when stopped), announce the exports, close the run."""
     step = s.progress.step
@@ -393,6 +464,7 @@ def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
         make_previews(s)
     if step > 0:
         make_checkpoint(s)
+    report_ranks(s)
     adapters: list[Path] = []
     failures: list[str] = []
     if s.accelerator.is_main_process:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from app.health_view import health_table_html
 from app.run_actions import delete_run, request_sample, resume_run, run_actions
-from app.run_detail import preview_grid, preview_grid_html, run_config_text, run_facts
+from app.run_detail import adapter_shape_html, preview_grid, preview_grid_html, run_config_text, run_facts
 from app.run_status import RunStatus, run_info_html
 from app.run_view import RunView, best_checkpoint, load_view, loss_rows, tracking_hint
 from app.trainer_calls import try_adapter
@@ -121,7 +121,7 @@ def build(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
             gr.update(value=str(k), visible=True) if k else hidden,
             gr.update(value=str(d), visible=True) if d else hidden,
             gr.update(value=str(cfg_file), visible=True) if cfg_file.exists() else hidden,
-            run_info_html(name, view, status, adapter_found=bool(k or d)),
+            run_info_html(name, view, status, adapter_found=bool(k or d)) + adapter_shape_html(view),
             preview_grid_html(preview_grid(view)),
             gr.update(value=pd.DataFrame(loss_rows(view)) if view.losses else None, visible=bool(view.losses)),
             "\n\n".join(part for part in (hint, tracking_hint(run_dir)) if part),

@@ -7,7 +7,7 @@ For every module of a kohya/LyCORIS file (any kind):
 - the trained delta: PEFT's own merge (``layer.merge``) of an fp32 copy of the trained layer, minus
   the base weight — what the adapted model computes, whatever PEFT does inside;
 - they must agree within the rounding of the file's dtype (``AdapterKind.delta_bound``, doubled for
-  margin, plus the fp32 merge's own rounding of the base weight). A wrong alpha, swapped factors, a
+  margin, plus the fp32 merge's own rounding of W + ΔW). A wrong alpha, swapped factors, a
   transposed ``dora_scale`` or a missing key misses by orders of magnitude, and the message names the
   module.
 """
@@ -57,6 +57,7 @@ def check_file_deltas(path: Path, model: Any, file: KohyaFile | None = None) -> 
         (component, canonical_path(component, module, name)): layer
         for component, module in adapted_components(model).items()
         for name, layer in adapter_layers(module).items()
+        if not _writes_nothing(layer)
     }
     problems = [f"{len(unknown)} module(s) match no layer of the base model, e.g. {unknown[0]}"] if unknown else []
     missing = sorted(set(trained) - set(resolved))
@@ -78,7 +79,8 @@ def check_file_deltas(path: Path, model: Any, file: KohyaFile | None = None) -> 
             continue
         want = trained_delta(layer)
         err = (from_file - want).abs()
-        tol = 2 * adapter_kind.delta_bound(module.parts, module.alpha, base, module.dtype) + 4 * U32 * base.abs()
+        # PEFT's merge rounds W + ΔW in fp32 (relative to |W| + |ΔW|) before W is subtracted again.
+        tol = 2 * adapter_kind.delta_bound(module.parts, module.alpha, base, module.dtype) + 4 * U32 * (base.abs() + want.abs())
         worst = max(worst, err.max().item())
         deltas[key] = from_file
         if not (err <= tol).all():
@@ -88,6 +90,13 @@ def check_file_deltas(path: Path, model: Any, file: KohyaFile | None = None) -> 
                 f"(tolerance {tol.flatten()[at]:.3g}, trained |ΔW| max {want.abs().max():.3g})"
             )
     return DeltaCheck(problems, worst, len(resolved), deltas)
+
+
+def _writes_nothing(layer: Any) -> bool:
+    """A layer whose kind writes no keys for it (an AdaLoRA layer with rank 0: its ΔW is exactly 0)."""
+    from trainer.networks import kind_of_layer
+
+    return not kind_of_layer(layer).file_parts(layer, ADAPTER_NAME)[0]
 
 
 def _first_line(err: Exception) -> str:

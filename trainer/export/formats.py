@@ -34,6 +34,8 @@ DIFFUSERS = "diffusers"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY; spelled out so reading needs no diffusers import.
 LORA_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
+# Kinds whose layers are written as plain ``lora_down``/``lora_up`` (AdaLoRA and VeRA: see their modules).
+PLAIN_LORA_KINDS = ("lora", "adalora", "vera")
 
 
 class AdapterFileError(UserFacingError):
@@ -76,7 +78,7 @@ def kohya_layer_tensors(
     for layer in layers:
         name = naming.name(layer.component, layer.path)
         parts, written = dict(layer.parts), layer.alpha
-        plain = layer.kind == "lora" and "dora_scale" not in parts
+        plain = layer.kind in PLAIN_LORA_KINDS and "dora_scale" not in parts
         if plain and alpha is not None:
             written = float(alpha)
             if written != layer.alpha:

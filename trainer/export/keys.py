@@ -170,11 +170,14 @@ def module_path(component: str, module: Any, path: str) -> str:
 
 
 def lora_layers(module: Any) -> dict[str, Any]:
-    """PEFT LoRA layers carrying our adapter, by their path in ``module``."""
+    """PEFT LoRA layers carrying our adapter, by their path in ``module`` (plain LoRA, whose ``lora_A`` is a
+    layer: AdaLoRA's SVD-shaped layers hold bare parameters there and are written through their kind)."""
+    import torch
+
     return {
         name: layer
         for name, layer in module.named_modules()
-        if hasattr(layer, "lora_A") and ADAPTER_NAME in getattr(layer, "lora_A", {})
+        if ADAPTER_NAME in getattr(layer, "lora_A", {}) and isinstance(layer.lora_A[ADAPTER_NAME], torch.nn.Module)
     }
 
 
@@ -207,6 +210,8 @@ def adapted_layers(model: Any) -> list[AdaptedLayer]:
         for name, layer in adapter_layers(module).items():
             kind = kind_of_layer(layer)
             parts, alpha = kind.file_parts(layer, ADAPTER_NAME)
+            if not parts:  # ΔW = 0 (an AdaLoRA layer whose whole budget went elsewhere): no keys
+                continue
             out.append(AdaptedLayer(component, canonical_path(component, module, name), kind.name, parts, alpha, layer))
     return out
 

@@ -21,6 +21,7 @@ from trainer.config import Config
 SS_NETWORK_MODULE = "networks.lora"  # sd-scripts' LoRA module; A1111 uses it to pick the network type
 LYCORIS_NETWORK_MODULE = "lycoris.kohya"  # what LyCORIS writes (sd-scripts loads LyCORIS as this module)
 BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+DYNAMIC_TYPES = ("adalora",)  # network types whose file has one rank per module
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainingMetadata:
     base_model_name: str = ""  # empty: config's model.base
     optimizer: str = ""  # e.g. "torch.optim.AdamW(weight_decay=0.01)"; empty: config's optimizer.name
     validation_loss: float | None = None  # the validation loss of these weights, when the run validates
+    num_processes: int = 1  # processes that trained it (accelerate launch); part of the total batch size
 
     @classmethod
     def from_session(cls, s: Any) -> TrainingMetadata:
@@ -69,6 +71,7 @@ class TrainingMetadata:
             training_started_at=getattr(s, "started_at", None) or _started_at(Path(s.run_dir)),
             session_id=int(s.cfg.training.seed),
             validation_loss=_validation_loss(s),
+            num_processes=int(getattr(getattr(s, "accelerator", None), "num_processes", 1) or 1),
         )
 
 
@@ -162,7 +165,8 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         "ss_steps": meta.steps,
         "ss_max_train_steps": meta.max_train_steps,
         "ss_batch_size_per_device": tr.batch_size,
-        "ss_total_batch_size": tr.batch_size * tr.gradient_accumulation_steps,
+        # sd-scripts' train_network.py: train_batch_size × num_processes × gradient_accumulation_steps.
+        "ss_total_batch_size": tr.batch_size * meta.num_processes * tr.gradient_accumulation_steps,
         "ss_gradient_checkpointing": tr.gradient_checkpointing,
         "ss_gradient_accumulation_steps": tr.gradient_accumulation_steps,
         "ss_lr_warmup_steps": round(opt.warmup_ratio * meta.max_train_steps) if opt.warmup_ratio else opt.warmup_steps,
@@ -170,8 +174,8 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         "ss_optimizer": meta.optimizer or opt.name,
         "ss_max_grad_norm": opt.max_grad_norm,
         "ss_network_module": network_module(net),
-        "ss_network_dim": net.rank,
-        "ss_network_alpha": net.alpha,
+        "ss_network_dim": network_dim(net)[0],
+        "ss_network_alpha": network_dim(net)[1],
         "ss_network_dropout": net.dropout,
         "ss_network_args": json.dumps(_network_args(cfg)),
         "ss_mixed_precision": tr.mixed_precision,
@@ -213,10 +217,30 @@ def training_metadata(cfg: Config, model: Any, meta: TrainingMetadata) -> dict[s
         ss["ss_validation_loss"] = round(meta.validation_loss, 6)
         ss["ss_validation_seed"] = cfg.validation.seed
         ss["ss_validation_split"] = cfg.validation.fraction
+    if is_dynamic(net):
+        from trainer.networks.rank_report import rank_report
+
+        ss["lora_studio_rank_per_block"] = json.dumps(rank_report(model).blocks)
     # sd-scripts writes str(value) for every entry, so None becomes "None" and bools "True"/"False".
     out = {k: str(v) for k, v in ss.items()}
     out.update(modelspec(cfg, model, meta.training_started_at))
     return out
+
+
+def is_dynamic(net: Any) -> bool:
+    """A network whose file has one rank per module: AdaLoRA, or ranks allocated by importance."""
+    return net.type in DYNAMIC_TYPES or getattr(net, "rank_allocation", "uniform") == "importance"
+
+
+def network_dim(net: Any) -> tuple[Any, Any]:
+    """``ss_network_dim`` / ``ss_network_alpha``. A file with one rank per module has no single dim: sd-scripts'
+    ``networks/resize_lora.py`` writes ``"Dynamic"`` for both after a dynamic resize, and so do we (AdaLoRA).
+    VeRA's file has rank r everywhere with alpha = r (its scale folded in)."""
+    if is_dynamic(net):
+        return "Dynamic", "Dynamic"
+    if net.type == "vera":
+        return net.rank, float(net.rank)
+    return net.rank, net.alpha
 
 
 def network_module(net: Any) -> str:
@@ -235,6 +259,7 @@ def _network_args(cfg: Config) -> dict[str, str]:
     args = {"unet_targets": net.unet_targets, "train_text_encoder": str(net.train_text_encoder)}
     if network_module(net) == LYCORIS_NETWORK_MODULE:
         args["algo"] = "locon" if net.type in ("lora", "locon") else net.type
+    args.update(_method_args(net))
     if net.type == "locon" or net.conv_rank > 0:
         args["conv_dim"] = str(net.conv_rank or net.rank)
         args["conv_alpha"] = str(net.conv_alpha or net.alpha)
@@ -257,6 +282,23 @@ def _network_args(cfg: Config) -> dict[str, str]:
     if net.train_text_encoder:
         args["text_encoder_mlp"] = str(net.text_encoder_mlp)
     return args
+
+
+def _method_args(net: Any) -> dict[str, str]:
+    """How a plain-LoRA file was trained when the method was not LoRA: AdaLoRA's schedule, VeRA's seed."""
+    if net.type == "adalora":
+        from trainer.networks.adalora import init_rank
+
+        return {"method": "adalora", "init_r": str(init_rank(net)), "target_r": str(net.rank),
+                "tinit": str(net.adalora_tinit), "tfinal": str(net.adalora_tfinal), "deltaT": str(net.adalora_delta_t),
+                "beta1": str(net.adalora_beta1), "beta2": str(net.adalora_beta2),
+                "orth_reg_weight": str(net.adalora_orth_reg_weight)}
+    if net.type == "vera":
+        return {"method": "vera", "projection_prng_key": str(net.vera_projection_seed)}
+    if net.rank_allocation == "importance":
+        return {"rank_allocation": "importance", "importance_probe_steps": str(net.importance_probe_steps),
+                "rank_budget": f"{net.rank} per layer"}
+    return {}
 
 
 def modelspec(cfg: Config, model: Any, timestamp: float) -> dict[str, str]:

@@ -33,7 +33,7 @@ import torch
 
 from trainer.export.keys import adapted_components, lora_layers, module_path
 from trainer.network import ADAPTER_NAME
-from trainer.networks import is_adapter_param
+from trainer.networks import is_adapter_tensor
 
 PROBE_PROMPT = "a photo of sks"
 # Output tolerance, in units of the save dtype's rounding error relative to the LoRA's effect on the
@@ -85,7 +85,12 @@ def verify_adapter(path: Path, model: Any) -> Verification:
         return Verification(False, deltas.max_abs_diff, "ΔW check: " + "; ".join(deltas.problems[:5]))
     summary = f"ΔW from the file equals the trained delta in all {deltas.modules} modules"
     if file.kinds == {"lora"} and not file.has_dora:
-        result = _verify_with_diffusers(path, model)
+        # The layers the file must fill: the ones the ΔW check matched (AdaLoRA drops its rank-0 layers).
+        expected: dict[str, set[str]] = {}
+        for component, canonical in deltas.deltas:
+            module = model.component_modules()[component]
+            expected.setdefault(component, set()).add(module_path(component, module, canonical))
+        result = _verify_with_diffusers(path, model, expected)
         result.message = f"{result.message}; {summary}" if result.verified else result.message
         return result
     return _verify_by_merge(path, model, deltas, file.dtype, summary, ", ".join(sorted(file.kinds)))
@@ -130,8 +135,9 @@ def _verify_by_merge(path: Path, model: Any, deltas: Any, file_dtype: torch.dtyp
     )
 
 
-def _verify_with_diffusers(path: Path, model: Any) -> Verification:
-    """Load ``path`` into a fresh pipeline and check it reproduces ``model`` (see the module docstring)."""
+def _verify_with_diffusers(path: Path, model: Any, expected: dict[str, set[str]] | None = None) -> Verification:
+    """Load ``path`` into a fresh pipeline and check it reproduces ``model`` (see the module docstring);
+    ``expected``: the layers (by component) the file must fill, when not every trained PEFT LoRA layer."""
     file_dtype = _file_dtype(path)
     trained = adapted_components(model)
     fresh = {name: base_copy(module) for name, module in model.component_modules().items()}
@@ -146,7 +152,7 @@ def _verify_with_diffusers(path: Path, model: Any) -> Verification:
         except Exception as err:  # diffusers raises ValueError/KeyError/RuntimeError for bad files
             return Verification(False, None, f"diffusers could not load {path.name}: {type(err).__name__}: {err}")
     problems = [f"loader warning: {m}" for m in logged if _KEY_PROBLEM.search(m) and not m.startswith(_NO_KEYS_NOTICE)]
-    problems += _consumption_problems(trained, fresh)
+    problems += _consumption_problems(trained, fresh, expected)
     if problems:
         return Verification(False, None, "; ".join(problems[:5]))
     weight_problems = _weight_problems(trained, fresh, file_dtype)
@@ -155,7 +161,7 @@ def _verify_with_diffusers(path: Path, model: Any) -> Verification:
     problems = weight_problems + output_problems
     if problems:
         return Verification(False, diff, "; ".join(problems[:5]))
-    layers = sum(len(lora_layers(m)) for m in trained.values())
+    layers = sum(len(v) for v in expected.values()) if expected is not None else sum(len(lora_layers(m)) for m in trained.values())
     return Verification(
         True, diff, f"{path.name}: {layers} LoRA layers loaded by diffusers; outputs match (max abs diff {diff:.3g})"
     )
@@ -183,7 +189,7 @@ def base_copy(module: torch.nn.Module) -> torch.nn.Module:
     tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
     for name, tensor in tensors:
         parts = name.split(".")
-        if is_adapter_param(name):
+        if is_adapter_tensor(name):
             continue
         _assign(fresh, ".".join(p for p in parts if p != "base_layer"), tensor.detach())
     left = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]
@@ -320,11 +326,14 @@ def _captured_warnings() -> Iterator[list[str]]:
     messages.extend(handler.messages + [str(w.message) for w in caught])
 
 
-def _consumption_problems(trained: dict[str, Any], fresh: dict[str, Any]) -> list[str]:
+def _consumption_problems(trained: dict[str, Any], fresh: dict[str, Any], wanted: dict[str, set[str]] | None = None) -> list[str]:
     problems = []
     for name, module in fresh.items():
         loaded = {n for n, layer in module.named_modules() if hasattr(layer, "lora_A") and len(layer.lora_A)}
-        expected = set(lora_layers(trained[name])) if name in trained else set()
+        if wanted is not None:
+            expected = wanted.get(name, set())
+        else:
+            expected = set(lora_layers(trained[name])) if name in trained else set()
         if expected - loaded:
             problems.append(f"{len(expected - loaded)} {name} layer(s) not loaded, e.g. {sorted(expected - loaded)[0]}")
         if loaded - expected:

@@ -23,6 +23,9 @@ from trainer.export.formats import (
 from trainer.export.keys import adapted_layers, adapter_modules
 from trainer.export.metadata import TrainingMetadata, safetensors_hashes, training_metadata
 
+# Types trained with a PEFT method no client reads: their run also keeps the native PEFT form (``peft_native``).
+NATIVE_PEFT_TYPES = ("adalora", "vera")
+
 
 @dataclass
 class ExportResult:
@@ -57,6 +60,7 @@ def export_adapter(
     header = training_metadata(cfg, model, metadata)
     dtype = to_dtype(cfg.export.dtype)
     results = []
+    check_model, note = _check_model(model, cfg) if verify else (model, "")
     for fmt, path in export_paths(cfg, out_dir).items():
         if fmt == KOHYA:
             tensors = kohya_state_dict(model, alpha=_written_alpha(cfg), dtype=dtype, dora_layout=cfg.export.dora_layout)
@@ -67,15 +71,40 @@ def export_adapter(
         write_safetensors(path, tensors, file_meta)
         result = ExportResult(path, fmt, len(tensors), None, None, "written; not verified")
         if verify:
-            _self_check(result, model)
+            _self_check(result, check_model)
+            result.message += note
         results.append(result)
+    if cfg.network.type in NATIVE_PEFT_TYPES:
+        from trainer.export.peft_native import write_peft_folder
+
+        folder = write_peft_folder(model, out_dir, cfg.run.name)
+        results.append(ExportResult(folder, "peft", 0, None, None, "native PEFT adapter (adapter_config.json + weights)"))
     return results
+
+
+def _check_model(model: Any, cfg: Config) -> tuple[Any, str]:
+    """What the self-check compares a file with. A quantized base (``model.quantize``): the adapter on the
+    original base, which is what every client applies the file to, and a note of how far that is from the
+    quantized model the run trained and previewed (``models/quantize.py``)."""
+    if cfg.model.quantize == "none":
+        return model, ""
+    from trainer.models.quantize import adapter_on_original_base, quantization_gap
+
+    twin = adapter_on_original_base(model, cfg)
+    gap = quantization_gap(model, twin)
+    return twin, (
+        f"; checked on the original (unquantized) base, as clients apply it: UNet output there differs from the "
+        f"{cfg.model.quantize} model's by {gap['gap']:.3g} (quantization alone {gap['base_gap']:.3g}, adapter effect "
+        f"{gap['adapter_effect']:.3g})"
+    )
 
 
 def _written_alpha(cfg: Config) -> float | None:
     """``network.alpha`` written exactly as configured for plain LoRA; None (each module's effective alpha,
     scaling · rank) where that differs from the setting: rsLoRA and per-block alphas."""
     net = cfg.network
+    if net.type in ("adalora", "vera"):
+        return float(net.rank)  # one alpha for the file, each module's own scale folded into lora_up (adalora.py)
     if net.rslora or net.block_alphas.strip() or net.conv_block_alphas.strip() or net.type not in ("lora", "locon"):
         return None
     if net.type == "locon" and (net.conv_alpha or net.alpha) != net.alpha:

@@ -20,7 +20,9 @@ from trainer.cache_folder import CacheFolder
 BUILTIN_VERSION = "1"
 VARIANTS = {"builtin:tiny-sd": "epsilon", "builtin:tiny-sd-v": "v_prediction"}
 SDXL_VARIANTS = {"builtin:tiny-sdxl": "epsilon"}
-BUILTINS = (*VARIANTS, *SDXL_VARIANTS)
+# Trained models whose weights ship inside the package (see trainer/shapes/base_training.py for the recipe).
+SHIPPED = {"builtin:shapes-sd": Path(__file__).parent / "shapes_sd"}
+BUILTINS = (*SHIPPED, *VARIANTS, *SDXL_VARIANTS)
 
 
 def cache_root() -> Path:
@@ -34,9 +36,13 @@ def builtin_cache(name: str) -> CacheFolder:
     if name not in BUILTINS:
         raise ValueError(f"unknown builtin model {name!r}; builtins: {', '.join(BUILTINS)}")
     folder = cache_root() / "builtin" / f"{name.split(':', 1)[1]}-v{BUILTIN_VERSION}"
+    if name in SHIPPED:  # new shipped weights (a package update) get a new cache entry, not a stale one
+        folder = folder.with_name(f"{folder.name}-{shipped_digest(SHIPPED[name])}")
 
     def build(tmp: Path) -> None:
-        if name in SDXL_VARIANTS:
+        if name in SHIPPED:
+            upcast_shipped_model(SHIPPED[name], tmp)
+        elif name in SDXL_VARIANTS:
             from trainer.models.builtin_sdxl import build_tiny_sdxl  # noqa: PLC0415
 
             build_tiny_sdxl(tmp, prediction_type=SDXL_VARIANTS[name])
@@ -44,6 +50,35 @@ def builtin_cache(name: str) -> CacheFolder:
             build_tiny_sd(tmp, prediction_type=VARIANTS[name])
 
     return CacheFolder(folder, f"builtin model {name}", build)
+
+
+def shipped_digest(folder: Path) -> str:
+    """8 hex digits of the shipped files' names and bytes (about 8 MB: milliseconds to read)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def upcast_shipped_model(source: Path, tmp: Path) -> None:
+    """Write the shipped fp16 pipeline as an fp32 diffusers folder, as the other builtins are stored.
+
+    The package holds fp16 to stay small; training and sampling code expects the float32 weights every
+    other base loads with, so the cache holds the upcast copy.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    if not (source / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the shipped weights of this builtin model are missing from {source}; reinstall lora-studio "
+            "(pip install -e .) or run `python -m trainer.shapes.base_training` to train them"
+        )
+    pipe = StableDiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32, safety_checker=None)
+    pipe.save_pretrained(tmp, safe_serialization=True)
 
 
 def builtin_model_path(name: str) -> Path:

@@ -165,8 +165,12 @@ def _offline():
                 os.environ[k] = v
 
 
-def load_single_file(path: Path, cfg: ModelConfig, dtype: Any = None) -> BaseModel:
-    """Load a single-file checkpoint into a ``BaseModel``, offline."""
+def load_single_file(path: Path, cfg: ModelConfig, dtype: Any = None, config_dir: Path | None = None) -> BaseModel:
+    """Load a single-file checkpoint into a ``BaseModel``, offline.
+
+    ``config_dir``: a diffusers-style folder of component configs to build the architecture from instead
+    of the shipped full-size ones (``merge --format single-file`` checks a merge of a tiny builtin this way).
+    """
     ckpt = read_checkpoint(Path(path))
     info = detect_checkpoint(ckpt)
     if not info.has_vae and not cfg.vae:
@@ -174,7 +178,7 @@ def load_single_file(path: Path, cfg: ModelConfig, dtype: Any = None) -> BaseMod
             f"`model.base` file {path} has no VAE weights ({VAE_PREFIX}*): set `model.vae` to a VAE file or folder"
         )
     with _offline():
-        parts = _load_components(ckpt.tensors, info, cfg, dtype or torch.float32)
+        parts = _load_components(ckpt.tensors, info, cfg, dtype or torch.float32, config_dir)
     del ckpt
     extra = {
         "single_file": str(path),
@@ -188,14 +192,16 @@ def load_single_file(path: Path, cfg: ModelConfig, dtype: Any = None) -> BaseMod
     )
 
 
-def _load_components(state: dict[str, torch.Tensor], info: CheckpointInfo, cfg: ModelConfig, dtype: Any) -> tuple:
+def _load_components(
+    state: dict[str, torch.Tensor], info: CheckpointInfo, cfg: ModelConfig, dtype: Any, config_dir: Path | None = None
+) -> tuple:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     from trainer.models.clip_tokenizer import load_clip_tokenizer
 
-    config = str(CONFIGS / info.family)
+    config = str(config_dir or CONFIGS / info.family)
     local: dict[str, Any] = {"config": config, "local_files_only": True, "torch_dtype": dtype}
     unet_kwargs: dict[str, Any] = {}
     if info.family == "sd2":

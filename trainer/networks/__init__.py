@@ -33,10 +33,12 @@ from trainer.config import NETWORK_TYPES
 
 __all__ = ["NETWORK_TYPES", "TYPE_KINDS", "all_kinds", "is_adapter_param", "kind", "kind_of_layer", "kind_of_parts"]
 # network.type -> the module that implements it
-TYPE_KINDS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr"}
-KIND_MODULES = ("lora", "loha", "lokr", "full")  # full: a written-only kind (DoRA as whole ΔW)
+TYPE_KINDS = {"lora": "lora", "locon": "lora", "loha": "loha", "lokr": "lokr", "adalora": "adalora", "vera": "vera"}
+# AdaLoRA's PEFT layer is a LoraLayer subclass: it comes first so that it is told apart from LoRA.
+KIND_MODULES = ("adalora", "vera", "lora", "loha", "lokr", "full")  # full: a written-only kind (DoRA as whole ΔW)
 # PEFT's parameter prefixes of the kinds: lora_A/lora_B/lora_magnitude_vector, hada_*, lokr_*.
-ADAPTER_PARAM_PREFIXES = ("lora_", "hada_", "lokr_")
+# VeRA trains only its scaling vectors (vera_lambda_b/_d); its shared vera_A/vera_B are frozen buffers.
+ADAPTER_PARAM_PREFIXES = ("lora_", "hada_", "lokr_", "vera_lambda")
 # Types that adapt the UNet's ResNet/sampler convolutions without `network.conv_rank` being set.
 CONV_BY_DEFAULT = ("locon",)
 
@@ -44,6 +46,15 @@ CONV_BY_DEFAULT = ("locon",)
 def is_adapter_param(name: str) -> bool:
     """A parameter (or module path) that belongs to a PEFT adapter of any kind we train."""
     return any(part.startswith(ADAPTER_PARAM_PREFIXES) for part in name.split("."))
+
+
+# Adapter tensors that do not train: AdaLoRA's rank count, VeRA's shared frozen projections.
+ADAPTER_STATE_PARTS = ("ranknum", "vera_A", "vera_B")
+
+
+def is_adapter_tensor(name: str) -> bool:
+    """Any tensor (trained or not) that belongs to an adapter rather than to the base model."""
+    return is_adapter_param(name) or any(part in ADAPTER_STATE_PARTS for part in name.split("."))
 
 
 def kind(name: str) -> Any:

@@ -31,6 +31,7 @@ def network_problems(config: Any) -> list[str]:
         p.append(f"`network.lokr_factor` must be -1 (split evenly) or a positive integer, got {net.lokr_factor}")
     if net.type in ("loha", "lokr") and net.dropout > 0:
         p.append(f"`network.dropout` applies to lora/locon; PEFT's {net.type} has no dropout on its path: set it to 0")
+    p.extend(_variant_problems(config))
     for key, integer in (("block_dims", True), ("block_alphas", False), ("conv_block_dims", True), ("conv_block_alphas", False)):
         p.extend(block_list_problems(f"network.{key}", getattr(net, key), integer))
     for key in ("down_lr_weight", "mid_lr_weight", "up_lr_weight"):
@@ -39,12 +40,75 @@ def network_problems(config: Any) -> list[str]:
     return p
 
 
+def _importance_problems(net: Any) -> list[str]:
+    if net.rank_allocation != "importance":
+        return []
+    p = []
+    if net.type not in LORA_ONLY:
+        p.append(f"`network.rank_allocation = \"importance\"` works with `network.type` \"lora\" or \"locon\", got {net.type!r}")
+    if net.block_dims.strip() or net.conv_block_dims.strip():
+        p.append("`network.rank_allocation = \"importance\"` chooses every layer's rank itself: leave `network.block_dims` "
+                 "and `network.conv_block_dims` empty")
+    if net.importance_probe_steps < 1:
+        p.append(f"`network.importance_probe_steps` must be at least 1, got {net.importance_probe_steps}")
+    if net.importance_max_rank and net.importance_max_rank < net.rank:
+        p.append(f"`network.importance_max_rank` must be 0 (4 × rank) or at least `network.rank` ({net.rank}), "
+                 f"got {net.importance_max_rank}")
+    return p
+
+
+def _variant_problems(config: Any) -> list[str]:
+    """AdaLoRA and VeRA: their own settings, and what they do not combine with."""
+    net = config.network
+    p = _importance_problems(net)
+    if net.type not in ("adalora", "vera"):
+        return p
+    for key in ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas"):
+        if getattr(net, key).strip():
+            why = "moves the rank between layers itself" if net.type == "adalora" else "has one shared rank"
+            p.append(f"`network.{key}` does not apply to `network.type = \"{net.type}\"` (it {why}); leave it empty")
+    if net.init_from:
+        p.append(f"`network.init_from` cannot start a `{net.type}` run (its files are plain LoRA); leave it empty "
+                 "or use `network.type = \"lora\"`")
+    if net.type == "vera":
+        return p
+    if config.training.ema_decay:
+        p.append("`training.ema_decay` does not combine with `network.type = \"adalora\"` (the EMA would average "
+                 "away the rank masks); set it to 0")
+    if net.adalora_init_rank and net.adalora_init_rank < net.rank:
+        p.append(f"`network.adalora_init_rank` must be 0 (1.5 × rank) or at least `network.rank` ({net.rank}), "
+                 f"got {net.adalora_init_rank}: AdaLoRA only takes rank away")
+    if net.adalora_init_rank < 0:
+        p.append(f"`network.adalora_init_rank` must be 0 or positive, got {net.adalora_init_rank}")
+    for key in ("adalora_tinit", "adalora_tfinal"):
+        if getattr(net, key) < 0:
+            p.append(f"`network.{key}` must be 0 or a positive number of steps, got {getattr(net, key)}")
+    if net.adalora_delta_t < 1:
+        p.append(f"`network.adalora_delta_t` must be at least 1, got {net.adalora_delta_t}")
+    for key in ("adalora_beta1", "adalora_beta2"):
+        if not 0 < getattr(net, key) < 1:
+            p.append(f"`network.{key}` must be between 0 and 1 (exclusive), got {getattr(net, key)}")
+    if net.adalora_orth_reg_weight < 0:
+        p.append(f"`network.adalora_orth_reg_weight` must be 0 or positive, got {net.adalora_orth_reg_weight}")
+    steps = config.training.max_steps
+    if steps and net.adalora_tinit + net.adalora_tfinal >= steps:
+        p.append(schedule_problem(net, steps))
+    return p
+
+
+def schedule_problem(net: Any, total_steps: int) -> str:
+    """PEFT's AdaLoraConfig needs a budget phase: tinit < total_steps - tfinal."""
+    return (f"`network.adalora_tinit` ({net.adalora_tinit}) + `network.adalora_tfinal` ({net.adalora_tfinal}) must "
+            f"be below the run's {total_steps} steps, leaving steps where the rank budget shrinks; lower them or "
+            "train longer")
+
+
 def diffusers_blockers(net: Any) -> list[str]:
     """What in ``[network]`` a diffusers/PEFT file cannot hold in a form diffusers' ``load_lora_weights``
     loads: it reads LoRA ``lora_A``/``lora_B`` (per-layer ranks and alphas through PEFT's patterns), but
     no LoHa/LoKr, and DoRA's magnitudes only under keys PEFT itself writes."""
     what = []
-    if net.type in ("loha", "lokr"):
+    if net.type in ("loha", "lokr", "adalora", "vera"):
         what.append(f"`network.type = \"{net.type}\"`")
     if net.use_dora:
         what.append("`network.use_dora`")

@@ -1,0 +1,155 @@
+"""The merge's check: the merged model against the base with the adapters loaded the way users load them.
+
+Reference: fresh fp32 copies of the base components (``export.verify.base_copy``, no adapters) in a
+diffusers pipeline; each plain LoRA/LoCon file goes in through ``load_lora_weights(adapter_name=…)`` and
+``set_adapters`` with its weight — diffusers' own reading of the keys, independent of our decoders.
+LoHa, LoKr and DoRA files, which diffusers does not read for SD, are added as ComfyUI adds them (ΔW
+onto the weights). Merged: the written model loaded back through our loader (a single file also
+through diffusers' ``from_single_file``), upcast to fp32. On the export self-check's fixed inputs the
+UNet and text-encoder outputs must agree within ``export.verify``'s tolerance for the saved dtype:
+64·u(dtype)·(|adapter effect| + |output|), u the unit roundoff (fp16 ≈ 4.9e-4, bf16 ≈ 3.9e-3, fp32 ≈ 6e-8):
+rounding W + ΔW to the saved dtype moves each weight by u·|W'|.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.errors import UserFacingError
+from trainer.export.keys import module_path
+from trainer.export.verify import (
+    _KEY_PROBLEM,
+    _NO_KEYS_NOTICE,
+    _build_pipeline,
+    _captured_warnings,
+    _compare_outputs,
+    _outputs,
+    _Probe,
+    _probe_inputs,
+    base_copy,
+)
+from trainer.tools.adapter_layers import layer_delta
+
+
+@dataclass
+class MergeCheck:
+    ok: bool
+    max_abs_diff: float | None
+    message: str
+
+
+def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: Any) -> MergeCheck:
+    model = plan.model
+    steps = ["reference", "merged"] + (["from_single_file"] if fmt == "single-file" else [])
+    stage = progress.stage(steps, len(steps), "checking")
+    next(stage)
+    probe = _fp32_probe(_probe_inputs(model))
+    fresh = {name: base_copy(m).float() for name, m in model.component_modules().items()}
+    base_out = _outputs(fresh, probe)
+    problems = _apply_reference(plan, fresh)
+    if problems:
+        return MergeCheck(False, None, "; ".join(problems[:5]))
+    reference = _outputs(fresh, probe)
+    del fresh
+    next(stage)
+    with tempfile.TemporaryDirectory() as configs:
+        config_dir = _config_dir(model, Path(configs))
+        try:
+            merged = _load_merged(out, fmt, config_dir)
+        except UserFacingError as err:
+            return MergeCheck(False, None, f"the written model does not load back through our loader: {err}")
+        merged_out = _outputs(merged.component_modules(), probe)
+        del merged
+        diff, problems = _compare_outputs(base_out, reference, merged_out, dtype, dtype)
+        how = "our loader"
+        if fmt == "single-file" and not problems:
+            next(stage)
+            pipe_out = _outputs(_from_single_file(out, model, config_dir), probe)
+            diff2, problems = _compare_outputs(base_out, reference, pipe_out, dtype, dtype)
+            diff, how = max(diff, diff2), "our single-file loader and diffusers' from_single_file"
+    for _ in stage:
+        pass
+    if problems:
+        return MergeCheck(False, diff, f"outputs differ from base + {reference_how(plan)}: " + "; ".join(problems[:5]))
+    return MergeCheck(True, diff, f"checked: loaded back through {how}, UNet and text-encoder outputs equal base + "
+                      f"{reference_how(plan)} (max abs diff {diff:.3g}, tolerance for {str(dtype).removeprefix('torch.')})")
+
+
+def reference_how(plan: Any) -> str:
+    plain = [a for a in plan.adapters if a.plain_lora]
+    other = [a for a in plan.adapters if not a.plain_lora]
+    parts = ["adapters loaded by diffusers"] if plain else []
+    if other:
+        parts.append(f"{'LoHa/LoKr/DoRA ' if plain else ''}adapters added as ComfyUI does (diffusers has no reader for them)")
+    return " and ".join(parts)
+
+
+def _fp32_probe(probe: _Probe) -> _Probe:
+    added = {k: v.float() for k, v in probe.added.items()} if probe.added else None
+    return _Probe(probe.sample.float(), probe.timestep, probe.hidden.float(), added, probe.token_ids)
+
+
+def _apply_reference(plan: Any, fresh: dict[str, torch.nn.Module]) -> list[str]:
+    """Load every adapter onto ``fresh`` (see the module docstring); the loader's key problems, if any."""
+    model = plan.model
+    pipe = _build_pipeline(model, fresh, model.noise_scheduler)
+    names, weights, problems = [], [], []
+    for i, (adapter, weight) in enumerate(zip(plan.adapters, plan.weights, strict=True)):
+        if not adapter.plain_lora:
+            for (component, canonical), module in adapter.modules.items():
+                owner = fresh[component]
+                layer = owner.get_submodule(module_path(component, owner, canonical))
+                delta = layer_delta(adapter, model, component, canonical, module)
+                layer.weight = torch.nn.Parameter(layer.weight.detach() + weight * delta, requires_grad=False)
+            continue
+        name = f"adapter_{i}"
+        with _captured_warnings() as logged:
+            try:
+                pipe.load_lora_weights(str(adapter.path), adapter_name=name)
+            except Exception as err:  # diffusers raises ValueError/KeyError/RuntimeError for files it cannot read
+                return [f"diffusers could not load {adapter.path.name}: {type(err).__name__}: {err}"]
+        problems += [f"{adapter.path.name}: loader warning: {m}" for m in logged
+                     if _KEY_PROBLEM.search(m) and not m.startswith(_NO_KEYS_NOTICE)]
+        names.append(name)
+        weights.append(weight)
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
+    return problems
+
+
+def _config_dir(model: Any, tmp: Path) -> Path:
+    """Component configs of the base, for loading the merged single file as this architecture (the shipped
+    full-size configs would not fit a tiny builtin)."""
+    from trainer.tools.merge import write_configs
+
+    write_configs(model, tmp)
+    return tmp
+
+
+def _load_merged(out: Path, fmt: str, config_dir: Path) -> Any:
+    from trainer.config import ModelConfig
+
+    if fmt == "single-file":
+        from trainer.models.single_file import load_single_file
+
+        return load_single_file(out, ModelConfig(base=str(out)), dtype=torch.float32, config_dir=config_dir)
+    from trainer.tools.common import load_base
+
+    return load_base(str(out), dtype=torch.float32)
+
+
+def _from_single_file(out: Path, model: Any, config_dir: Path) -> dict[str, Any]:
+    """The merged file through diffusers' own ``from_single_file`` (offline: configs from ``config_dir``)."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    kwargs: dict[str, Any] = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch.float32}
+    if model.family == "sdxl":
+        pipe = StableDiffusionXLPipeline.from_single_file(str(out), **kwargs)
+        return {"unet": pipe.unet, "text_encoder": pipe.text_encoder, "text_encoder_2": pipe.text_encoder_2}
+    pipe = StableDiffusionPipeline.from_single_file(str(out), safety_checker=None, requires_safety_checker=False, **kwargs)
+    return {"unet": pipe.unet, "text_encoder": pipe.text_encoder}
