@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from app.job_runner import EXIT_FILE, LOG_PREFIX, NOT_STARTED, RUNNER_FILE, START_FILE
+from app.multi_gpu import launch_command
 from app.trainer_calls import trainer_env
 from trainer.atomic import write_text
 from trainer.events import EVENTS_FILE, EventCursor
@@ -85,6 +86,7 @@ class Job:
     events_offset: int = 0
     stop_requested: float | None = None  # when stop() was called; the grace period counts from here
     killed: bool = False  # force-killed after the grace period
+    gpus: list[int] = dataclasses.field(default_factory=list)  # 2+: one process per GPU via accelerate (app.multi_gpu)
 
     @property
     def job_dir(self) -> Path:
@@ -255,7 +257,7 @@ class JobManager:
 
     # -- the public API ------------------------------------------------------------------------
 
-    def submit(self, config_text: str, name: str, *, resume: bool = False) -> Job:
+    def submit(self, config_text: str, name: str, *, resume: bool = False, gpus: list[int] | None = None) -> Job:
         """Store the config and queue a job; it starts at once when nothing else runs."""
         cwd = Path.cwd()
         run_name, run_dir = run_dir_from_config(config_text, self.runs_dir, name, cwd)
@@ -276,6 +278,7 @@ class JobManager:
                 resume=resume,
                 order=order,
                 cwd=str(cwd),
+                gpus=list(gpus or []),
             )
             self._save(job)
             self._jobs[job_id] = job
@@ -468,11 +471,12 @@ class JobManager:
         job.events_offset = events.stat().st_size if events.is_file() else 0
         job.state, job.started = "running", time.time()
         self._save(job)  # before the process exists: a UI crash right now leaves "running", later "died"
-        if self._start_on_standby(job):
+        if len(job.gpus) < 2 and self._start_on_standby(job):  # the warm trainer is one process
             return
         command = [
             sys.executable, "-m", "app.job_runner", str(job.job_dir), "--",
-            *self.trainer_command, str(job.config_path), "--no-progress", *(["--resume"] if job.resume else []),
+            *launch_command(self.trainer_command, job.gpus), str(job.config_path), "--no-progress",
+            *(["--resume"] if job.resume else []),
         ]  # fmt: skip
         cwd = job.cwd if job.cwd and Path(job.cwd).is_dir() else str(self.runs_dir)
         try:

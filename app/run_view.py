@@ -80,6 +80,7 @@ class RunView:
     ranks: dict[str, Any] | None = None  # the last `ranks` event (AdaLoRA's final rank per block)
     adapter_size: dict[str, int] = field(default_factory=dict)  # trainable parameters, and LoRA's at the same rank (VeRA)
     batch: str = ""  # "4 (2 per device × 2 processes × 1 accumulation step)" from the latest `started`
+    failure_reason: str = ""  # the `finished` event's `reason`, e.g. "out_of_memory"
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -121,6 +122,7 @@ class RunView:
             self.status = str(event.get("status", "completed"))
             self.step = int(event.get("step") or self.step)
             self.error = str(event.get("error") or "")
+            self.failure_reason = str(event.get("reason") or "")
             self.ended = event.get("time")
             self.eta_s = 0.0 if self.status == "completed" else None
 

@@ -48,3 +48,15 @@ def _block(css_class: str, heading: str, items: list[str]) -> str:
     """
     lines = "\n".join(f"- {html.escape(item, quote=False)}" for item in items)
     return f'<div class="{css_class}">\n\n**{heading}**\n{lines}\n\n</div>'
+
+
+def estimate_markdown(report: PreflightReport, cfg: Config, processes: int = 1) -> str:
+    """The pre-flight's memory and time estimate (``trainer.estimate``) as a line for beside Start."""
+    estimate = report.resources
+    if estimate is None:
+        return ""
+    from trainer.distributed import effective_batch
+
+    batch = effective_batch(cfg.training.batch_size, processes, cfg.training.gradient_accumulation_steps)
+    per_gpu = " on each GPU" if processes > 1 else ""
+    return f"**Estimate**{per_gpu}: {html.escape(estimate.describe().removeprefix('estimate: '))}; each step trains on {batch.describe()} images."

@@ -3,7 +3,7 @@
 The streamed merge should need about one base model (the ratio to "load" near 1); the naive path —
 diffusers' ``load_lora_weights`` + ``fuse_lora`` + ``save_pretrained``, whose safetensors writer
 serialises every tensor into one buffer first — about two. Each is a fresh process reporting its own
-peak RSS; the ratios are against "load", measured in the same run. The output check (on by default) is
+peak RSS (VmHWM); the ratios are against "load", measured in the same run. The output check (on by default) is
 left out (``--no-verify``): it holds fp32 copies and is measured separately as "merge + check".
 
     python bench/merge_memory.py --arch sd15 --work /tmp/merge-bench      # full-size SD 1.5 (random weights)
@@ -20,7 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-PEAK = "import resource; print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+# VmHWM: this process image's own peak RSS. Not ru_maxrss: Linux carries that across fork + exec, so every child
+# would report at least the parent's size at the fork.
+PEAK = "print('PEAK_KB', next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))"
 LOAD = """
 import torch
 from trainer.tools.common import load_base
@@ -83,7 +85,7 @@ def main() -> None:
     from random_models import build
 
     base = str(build(args.arch, args.work / args.arch))
-    lora = str(make_lora(base, args.work))
+    lora = str(make_lora(base, args.work / f"{args.arch}-lora"))
     figures = {"load": peak_mb(LOAD.format(base=base))}
     figures["merge (streamed)"] = peak_mb(STREAMED.format(base=base, lora=lora, out=str(args.work / "m1"), extra=', "--no-verify"'))
     if args.arch != "sdxl":

@@ -10,6 +10,11 @@ the same two figures come from ``torch.cuda.max_memory_allocated`` and steps/s i
 
     python bench/quantize_memory.py /tmp/sd15-random [--modes none int8] [--steps 3] [--device cpu]
 
+On a GPU, the issue's figure (full-size SDXL at 1024 px, UNet LoRA, bf16, nf4 base vs bf16 base):
+
+    python bench/random_models.py sdxl /tmp/sdxl-random --device cuda
+    python bench/quantize_memory.py /tmp/sdxl-random --device cuda --modes none nf4 int8 --resolution 1024 --steps 20
+
 Prints one JSON line per mode and the int8/none (or nf4/none) ratios; the ratio is the figure to quote.
 """
 
@@ -33,7 +38,7 @@ def vm_hwm_mb() -> float:
     return float("nan")
 
 
-def child(mode: str, model: str, steps: int, device: str, out: Path) -> dict:
+def child(mode: str, model: str, steps: int, device: str, out: Path, resolution: int = 64) -> dict:
     import torch
 
     import trainer.train as train_module
@@ -42,7 +47,7 @@ def child(mode: str, model: str, steps: int, device: str, out: Path) -> dict:
     cfg = Config()
     cfg.model.base, cfg.model.quantize = model, mode
     cfg.run.output_dir, cfg.run.name = str(out), f"quantize-{mode}"
-    cfg.dataset.path, cfg.dataset.resolution = str(REPO / "sample_data"), 64
+    cfg.dataset.path, cfg.dataset.resolution = str(REPO / "sample_data"), resolution
     cfg.training.max_steps, cfg.training.device = steps, device
     cfg.training.mixed_precision = "bf16" if device == "cuda" else "no"
     cfg.sampling.every_n_steps, cfg.sampling.at_end = 0, False
@@ -80,16 +85,18 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["none", "int8"])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--child", default="")
     args = parser.parse_args()
     if args.child:
         with tempfile.TemporaryDirectory() as out:
-            print(json.dumps(child(args.child, args.model, args.steps, args.device, Path(out))))
+            print(json.dumps(child(args.child, args.model, args.steps, args.device, Path(out), args.resolution)))
         return
     rows = {}
     for mode in args.modes:
         run = subprocess.run([sys.executable, __file__, args.model, "--child", mode, "--steps", str(args.steps),
-                              "--device", args.device], capture_output=True, text=True, cwd=REPO)
+                              "--device", args.device, "--resolution", str(args.resolution)],
+                             capture_output=True, text=True, cwd=REPO)
         line = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ""
         if run.returncode or not line.startswith("{"):
             print(f"{mode}: failed ({run.returncode})\n{run.stderr[-3000:]}", file=sys.stderr)

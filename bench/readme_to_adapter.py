@@ -6,7 +6,11 @@ headless Chromium the way a newcomer would: open it, press *Start training* with
 model, sample data), wait for the run to complete, download the kohya adapter from *Runs*. Prints the
 time of each phase. pip's download cache makes a second run faster; pass ``--no-cache`` for a cold one.
 
-    python bench/readme_to_adapter.py
+The result must be visible, not only on disk: the run's first preview (the base model, before step 1) and
+its last (the adapter) are saved to ``--artifacts`` side by side, with what the shapes analyser reads in
+each (the default run teaches the built-in model a star).
+
+    python bench/readme_to_adapter.py [--artifacts bench/results/readme_to_adapter]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-cache", action="store_true", help="disable pip's cache (a cold install)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    parser.add_argument("--artifacts", type=Path, default=REPO / "bench" / "results" / "readme_to_adapter",
+                        help="where the before/after previews go")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -77,6 +83,7 @@ def main() -> None:
                 info.value.save_as(Path(tmp) / "adapter.safetensors")
                 t_done = time.monotonic()
                 browser.close()
+            readings = save_before_after(clone / "runs", args.artifacts)
         finally:
             os.killpg(server.pid, 15)
             server.wait(timeout=30)
@@ -84,6 +91,25 @@ def main() -> None:
     print(f"press Start → run completed (the page's defaults)       : {t_trained - t_ui:6.1f} s")
     print(f"download the adapter                                   : {t_done - t_trained:6.1f} s")
     print(f"README line → adapter on disk                          : {t_done - t0:6.1f} s")
+    print(f"before / after (saved in {args.artifacts}): {readings}")
+
+
+def save_before_after(runs: Path, artifacts: Path) -> str:
+    """Copy the run's first and last preview to ``artifacts`` with a side-by-side; say what each shows."""
+    from PIL import Image
+
+    from trainer.shapes.analyser import read_scene
+
+    samples = sorted(next(runs.iterdir()).glob("samples/step_*_00.png"))
+    before, after = Image.open(samples[0]).convert("RGB"), Image.open(samples[-1]).convert("RGB")
+    artifacts.mkdir(parents=True, exist_ok=True)
+    before.save(artifacts / "before.png")
+    after.save(artifacts / "after.png")
+    pair = Image.new("RGB", (before.width * 2, before.height), "white")
+    pair.paste(before, (0, 0))
+    pair.paste(after, (before.width, 0))
+    pair.save(artifacts / "before_after.png")
+    return f"{samples[0].name}: {read_scene(before).shape}, {samples[-1].name}: {read_scene(after).shape}"
 
 
 if __name__ == "__main__":

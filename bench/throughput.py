@@ -63,6 +63,8 @@ def make_config(args: argparse.Namespace, run_root: Path, data: Path, batch: int
     cfg.training.max_steps, cfg.training.log_every = args.steps, ENGINE_LOG_EVERY
     cfg.training.device = "cpu" if args.device == "cpu" else "auto"
     cfg.dataset.repeats = max(1, -(-args.steps * batch // 4))  # one long epoch: no epoch-boundary work in the timing
+    if hasattr(cfg.sampling, "at_start"):
+        cfg.sampling.at_start = False
     from trainer.config import set_dotted
 
     for key, value in overrides.items():
@@ -209,7 +211,7 @@ def summarise(results: dict[str, list[dict]], batch: int) -> dict:
         if "flops_per_step" in good[0]:
             row[name]["tflops_per_s"] = good[0]["flops_per_step"] / batch * row[name]["images_per_s"] / 1e12
     engine = row.get("engine", {}).get("images_per_s")
-    for name, entry in row.items():
+    for entry in row.values():
         if engine and "images_per_s" in entry:
             entry["speed_vs_engine"] = round(entry["images_per_s"] / engine, 3)
             entry["memory_vs_engine"] = round(entry["peak_mb"] / row["engine"]["peak_mb"], 3)

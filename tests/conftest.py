@@ -31,6 +31,7 @@ def make_config(tmp_path):
         cfg.training.device = "cpu"
         cfg.sampling.every_n_steps = 0
         cfg.sampling.at_end = False
+        cfg.sampling.at_start = False
         cfg.sampling.steps = 4
         cfg.checkpoint.every_n_steps = 0
         cfg.export.verify = False

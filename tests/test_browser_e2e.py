@@ -192,10 +192,10 @@ def test_upload_train_watch_download(ui_server, browser_page):
     download_button = page.locator("#download-kohya")
     download_button.wait_for(state="visible")
     _shot(page, "06-runs")
-    # The run's detail: its previews as a grid, one row per prompt, one column per step (10, 20, 30).
+    # The run's detail: its previews as a grid, one row per prompt, one column per step (0: the base, 10, 20, 30).
     grid = page.locator("#run-previews")
     grid.wait_for()
-    assert (grid.get_attribute("data-rows"), grid.get_attribute("data-columns")) == ("1", "3")
+    assert (grid.get_attribute("data-rows"), grid.get_attribute("data-columns")) == ("1", "4")
     assert grid.locator("img").count() == 3
     with page.expect_download() as info:
         download_button.click()
@@ -496,7 +496,7 @@ def test_runs_you_can_act_on_and_text_you_can_read(ui_server, browser_page):
     page.locator("#run-action-message").get_by_text("Resumed story from its checkpoint at step").wait_for()
     page.locator("#run-summary[data-state=completed]").wait_for(timeout=TRAIN_TIMEOUT_MS)
     grid = page.locator("#run-previews")
-    assert int(grid.get_attribute("data-columns")) == 2, "the asked-for preview and the final one"
+    assert int(grid.get_attribute("data-columns")) == 3, "the base's (step 0), the asked-for preview and the final one"
     page.locator("#run-config").get_by_text('name = "story"').first.wait_for()
     page.locator("#run-health table").wait_for()
     failures = _contrast_failures(page)

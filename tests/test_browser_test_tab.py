@@ -21,12 +21,12 @@ def _make_run(runs: Path, name: str) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from trainer.config import Config
+    from trainer.config import Config, ModelConfig
     from trainer.export import kohya_state_dict
     from trainer.models.loading import load_base_model
     from trainer.network import inject_lora
 
-    model = load_base_model(Config().model)
+    model = load_base_model(ModelConfig(base="builtin:tiny-sd"))
     inject_lora(model, Config().network, train_text_encoder=True)
     torch.manual_seed(3)
     with torch.no_grad():

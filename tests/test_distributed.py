@@ -160,3 +160,47 @@ def test_two_cpu_processes_train_what_one_process_trains_with_the_same_batches(m
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=f"{key}: 2 processes vs 1 process")
     moved = max((load_file(latest_checkpoint(one) / LORA_FILE)[k]).abs().max().item() for k in load_file(latest_checkpoint(one) / LORA_FILE) if "lora_B" in k)
     assert moved > 1e-3, "the tolerance is far below how far training moved the weights"
+
+
+FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+fsdp_config:
+  fsdp_sharding_strategy: FULL_SHARD
+  fsdp_use_orig_params: true
+machine_rank: 0
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 2
+use_cpu: true
+"""
+
+
+def test_deepspeed_and_fsdp_configs_are_refused_by_name():
+    from trainer.distributed import sharding_problem
+
+    assert sharding_problem({}) is None
+    zero = sharding_problem({"ACCELERATE_USE_DEEPSPEED": "true"})
+    assert zero and zero.startswith("the accelerate config asks for DeepSpeed") and "--multi_gpu" in zero
+    assert "FSDP" in sharding_problem({"ACCELERATE_USE_FSDP": "true"})
+
+
+@pytest.mark.slow
+def test_an_fsdp_accelerate_config_file_is_refused_before_a_run_folder_exists(tmp_path):
+    """The pass-through as a user runs it: `accelerate launch --config_file fsdp.yaml -m trainer train ...`.
+
+    (A DeepSpeed config on a machine without the deepspeed package stops in accelerate's own launcher, with
+    its "DeepSpeed is not installed" message, before the trainer starts.)
+    """
+    (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
+    (tmp_path / "cfg.toml").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp.yaml"),
+         "--main_process_port", str(_free_port()), "-m", "trainer", "train", str(tmp_path / "cfg.toml"), "--no-progress",
+         *_settings(tmp_path / "runs", "fsdp")],
+        env=env, capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+    )
+    assert proc.returncode != 0
+    assert "error: the accelerate config asks for FSDP" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr.split("error: the accelerate config")[0][-500:]
+    assert not (tmp_path / "runs" / "fsdp").exists(), "refused before a run folder is made"

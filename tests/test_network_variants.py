@@ -133,6 +133,20 @@ def test_adalora_learns_spends_exactly_its_budget_and_exports_the_trained_delta(
     assert (peft.path / "unet" / "adapter_config.json").is_file() and (peft.path / "unet" / "rank_pattern.json").is_file()
 
 
+def test_adalora_on_convolutions_exports_the_trained_delta(bases, tmp_path):
+    """With `network.conv_rank` the ResNet convolutions get PEFT's SVDConv2d: Q is (r, in·kh·kw), written as a
+    (k, in, kh, kw) conv `lora_down` that diffusers loads."""
+    cfg = variant_cfg("adalora", 2, adalora_init_rank=4, conv_rank=2, train_text_encoder=False)
+    cfg.network.alpha = 32.0
+    model = copy.deepcopy(bases["sd"])
+    inject_lora(model, cfg.network, total_steps=6)
+    assert any(isinstance(layer.get_base_layer(), torch.nn.Conv2d) for layer in adapter_layers(model.unet).values())
+    train_unet(model, 6, RankAllocation.for_components({"unet": model.unet}), lr=2e-2)
+    [kohya, _] = export_adapter(model, cfg, tmp_path, metadata=TrainingMetadata(), verify=True)
+    assert kohya.verified is True, kohya.message
+    assert any(v.dim() == 4 for k, v in load_file(str(kohya.path)).items() if k.endswith("lora_down.weight"))
+
+
 def test_adalora_layer_without_budget_writes_no_keys_and_the_file_still_checks(bases, tmp_path):
     cfg = variant_cfg("adalora", 2, train_text_encoder=False)
     model = copy.deepcopy(bases["sd"])
@@ -354,3 +368,18 @@ def test_a_resumed_importance_run_keeps_its_saved_ranks_without_probing(tmp_path
     plans = {"unet": ComponentPlan(["x"], {"x": LayerPlan(rank=4, alpha=4.0, shape=(6, 4))})}
     allocation = importance.importance_ranks(probe, plans, tmp_path, resume=True)
     assert allocation.ranks == {("unet", "x"): 7} and allocation.spent == 77
+
+
+def test_vera_run_reports_its_size_beside_loras_and_exports_a_checked_file(make_config):
+    from trainer.events import read_events
+    from trainer.train import train
+
+    cfg = make_config("vera", network__type="vera", network__rank=16, network__train_text_encoder=True,
+                      training__max_steps=3, checkpoint__every_n_steps=2, export__verify=True)
+    assert train(cfg, show_progress=False).status == "completed"
+    events = read_events(cfg.run_dir)
+    [started] = [e for e in events if e["type"] == "started"]
+    assert started["trainable_parameters"] * 10 <= started["lora_parameters_same_rank"], started
+    kohya = [e for e in events if e["type"] == "export" and e["format"] == "kohya"]
+    assert kohya and kohya[-1]["verified"] is True, kohya
+    assert (cfg.run_dir / f"{cfg.run.name}_peft" / "unet" / "adapter_config.json").is_file()

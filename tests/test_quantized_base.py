@@ -138,3 +138,37 @@ def fixed_batch_loss_cuda(model) -> torch.Tensor:
     timesteps = torch.tensor([150, 650]).cuda()
     hidden = torch.randn(2, 8, config.cross_attention_dim, generator=gen).cuda()
     return F.mse_loss(model.unet(latents + noise, timesteps, encoder_hidden_states=hidden).sample, noise)
+
+
+@needs_torchao
+def test_quantized_linear_backward_keeps_int8_and_gives_torchaos_input_gradient():
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from trainer.models.quantize import QuantizedLinear, _save_quantized_for_backward
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).requires_grad_(False)
+    quantize_(plain, Int8WeightOnlyConfig())
+    x = torch.randn(5, 16, requires_grad=True)
+    plain(x).square().sum().backward()
+    expected, x.grad = x.grad.clone(), None
+    frugal = copy.deepcopy(plain)
+    _save_quantized_for_backward(frugal)
+    assert isinstance(frugal[0], QuantizedLinear) and frugal[0].weight is not plain[0].weight
+    frugal(x).square().sum().backward()
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6, msg="the input gradient is torchao's own")
+
+
+def test_backend_choice_per_machine(monkeypatch):
+    """int8 is bitsandbytes LLM.int8 only with CUDA and bitsandbytes, torchao weight-only otherwise; nf4 needs both."""
+    from trainer.models import quantize_rules
+
+    for installed in ({"torchao"}, {"torchao", "bitsandbytes"}):
+        monkeypatch.setattr(quantize_rules, "_installed", lambda name, have=installed: name in have)
+        has_bnb = "bitsandbytes" in installed
+        assert quantize_rules.backend("int8", cuda=True) == ("bnb-int8" if has_bnb else "torchao-int8")
+        assert quantize_rules.backend("int8", cuda=False) == "torchao-int8"
+        assert quantize_rules.backend("nf4", cuda=True) == ("bnb-nf4" if has_bnb else "unavailable")
+        assert (quantize_rules.machine_problem("nf4", cuda=True) is None) == has_bnb
+        assert "CUDA GPU" in quantize_rules.machine_problem("nf4", cuda=False)
+        assert quantize_rules.machine_problem("int8", cuda=False) is None

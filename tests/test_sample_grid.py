@@ -16,13 +16,14 @@ from safetensors.torch import load_file, save_file
 from trainer.adapter_grid import GridColumn, grid_columns
 from trainer.cli import main
 from trainer.commands.sample import SampleOptions, sample_adapter, sample_grid
-from trainer.config import Config
+from trainer.config import Config, ModelConfig
 from trainer.errors import UserFacingError
 from trainer.grid import render_grid, wrap
 from trainer.models.loading import load_base_model
 from trainer.network import inject_lora
 from trainer.sampling import build_pipeline, latent_generator
 
+BASE = "builtin:tiny-sd"  # named, not the default config's model, which may change
 SIZE = 32  # the tiny model's VAE halves: a 16x16 latent, fast on a CPU
 STEPS = 2
 SEED = 7
@@ -33,7 +34,7 @@ def _adapter(network, seed: int, std: float, te: bool):
     """The builtin model with ``network`` injected and its adapter tensors moved off their init."""
     from trainer.networks import is_adapter_param
 
-    model = load_base_model(Config().model)
+    model = load_base_model(ModelConfig(base=BASE))
     inject_lora(model, network, train_text_encoder=te)
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -70,7 +71,7 @@ def _fresh_image(adapters: list[tuple[Path, float]], fuse: bool = True) -> np.nd
     """A new model and pipeline per call: each adapter loaded by diffusers and fused at its weight.
 
     Fusing writes W + w·ΔW into the weights, a different code path from the bench's live LoRA layers."""
-    model = load_base_model(Config().model)
+    model = load_base_model(ModelConfig(base=BASE))
     pipe = build_pipeline(model, Config().sampling.sampler)
     for path, weight in adapters:
         pipe.load_lora_weights(str(path), adapter_name=path.stem)
@@ -88,7 +89,8 @@ def _cell(grid_path: Path, layout, row: int, column: int) -> np.ndarray:
 
 
 def _options(out: Path, **overrides) -> SampleOptions:
-    values = dict(adapter=None, prompts=[PROMPT], seed=SEED, steps=STEPS, width=SIZE, height=SIZE, out=out, device="cpu")
+    values = dict(adapter=None, base=BASE, prompts=[PROMPT], seed=SEED, steps=STEPS, width=SIZE, height=SIZE, out=out,
+                  device="cpu")  # fmt: skip
     return SampleOptions(**{**values, **overrides})
 
 

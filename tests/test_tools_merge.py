@@ -92,7 +92,7 @@ def test_a_wrong_merge_fails_the_check(base, adapters, tmp_path, monkeypatch):
         return real(plan, component, canonical)
 
     monkeypatch.setattr(merge, "merged_weight", ignores_weight)
-    with pytest.raises(UserFacingError, match="check failed.*output differs"):
+    with pytest.raises(UserFacingError, match="check failed.*differs from PEFT.s fused weight"):
         merge_into_base(BASE, [WeightedAdapter(adapters[0], 0.5)], tmp_path / "bad", "diffusers", "fp32")
 
 
@@ -196,3 +196,12 @@ def test_single_file_of_a_v_prediction_base_keeps_v_prediction(tmp_path):
     assert result.verified, result.message
     loaded = load_single_file(out, ModelConfig(base=str(out)), config_dir=_config_dir(v_base, tmp_path / "cfg"))
     assert v_base.prediction_type == loaded.prediction_type == "v_prediction"
+
+
+def test_merge_reads_diffusers_format_adapters(base, tmp_path):
+    """PEFT-keyed files (diffusers' own format) merge too, checked against diffusers loading the same file."""
+    model, cfg = lora_model(base, rank=3, alpha=1.5, seed=3)
+    cfg.run.name = "peftkeys"
+    path = export(model, cfg, tmp_path, fmt="diffusers")[0].path
+    result = merge_into_base(BASE, [WeightedAdapter(path, 0.9)], tmp_path / "merged", "diffusers", "fp32")
+    assert result.verified and result.layers == 68, result.message

@@ -453,6 +453,9 @@ class SamplingConfig:
     every_n_steps: int = option(50, "Make previews every N steps (0: only at the end).")
     every_n_epochs: int = option(0, "Also make previews after every N epochs (0: off).", advanced=True)
     at_end: bool = option(True, "Make previews after the final step.")
+    at_start: bool = option(
+        True, "Make previews before the first step (sd-scripts `sample_at_first`): the base model's drawing, to compare."
+    )
     prompts: list[str] = option(
         ["{trigger}"],
         "Preview prompts; `{trigger}` is replaced with the trigger word. sd-scripts' per-prompt options work at the "

@@ -143,7 +143,7 @@ def estimate_run_disk(cfg: Config, configs: dict[str, dict[str, Any]], num_image
     ema = 4 if cfg.training.ema_decay else 0  # the fp32 average beside the weights
     checkpoint = weights * (4 + ema + OPTIMIZER_BYTES.get(cfg.optimizer.name, 8)) + adapter
     smp, res = cfg.sampling, cfg.dataset.resolution
-    previews = len(smp.prompts) * ((steps // smp.every_n_steps if smp.every_n_steps else 0) + int(smp.at_end))
+    previews = len(smp.prompts) * ((steps // smp.every_n_steps if smp.every_n_steps else 0) + int(smp.at_end) + int(smp.at_start))
     parts = {
         "checkpoints": kept * checkpoint,
         "adapter": adapter,

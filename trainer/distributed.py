@@ -61,6 +61,31 @@ def check_launch(num_processes: int, distributed_type: str, environ: dict[str, s
     return None
 
 
+SHARDING_VARS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+
+def sharding_problem(environ: dict[str, str] | None = None) -> str | None:
+    """A sentence when ``accelerate launch`` was given a DeepSpeed or FSDP config (``--config_file``).
+
+    ZeRO and FSDP shard weights, gradients and optimizer state over the GPUs. In a LoRA run the sharded part
+    would be the adapter (a few MB) while the frozen base model, the memory that matters, stays whole; and
+    the loop exports, checkpoints and previews from one process, which needs the whole adapter there. So
+    the config is refused before accelerate sets it up, with what to use instead.
+    """
+    env = os.environ if environ is None else environ
+    used = [name for var, name in SHARDING_VARS.items() if env.get(var, "").lower() in ("true", "1")]
+    if not used:
+        return None
+    return (
+        f"the accelerate config asks for {used[0]}: lora-studio trains LoRA adapters with data parallelism (DDP) "
+        f"only. {used[0]} would shard the adapter (a few MB) while the frozen base model stays whole on every "
+        "GPU, so it saves no memory here; launch with a config whose `distributed_type` is MULTI_GPU (or "
+        "`accelerate launch --multi_gpu --num_processes N`), and to save memory set "
+        "`training.gradient_checkpointing = true`, `training.mixed_precision = \"bf16\"` or "
+        "`optimizer.name = \"adamw8bit\"`"
+    )
+
+
 @dataclass(frozen=True)
 class EffectiveBatch:
     """Images per optimizer step and its three factors."""

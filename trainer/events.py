@@ -4,7 +4,8 @@ Event types and their fields (every event also has ``type`` and ``time``, second
 
 - ``started``: total_steps, epochs, num_images, num_batches_per_epoch, resumed_from_step, base_model, device,
   validation_images, ema_decay, batch_size (per device), num_processes, gradient_accumulation_steps,
-  effective_batch_size (images per optimizer step: the product of the three)
+  effective_batch_size (images per optimizer step: the product of the three), speed (the levers applied:
+  compile, channels_last, attention_kernel, attention_processors, tf32, pin_memory; see trainer/speed.py)
 - ``dataset``: report (the health report as a dict), buckets (the bucket table as a dict)
 - ``step``: step, total_steps, epoch, loss, lr, it_per_s, eta_s
 - ``sample``: step, path (relative to the run folder), prompt, seed, index
@@ -12,7 +13,8 @@ Event types and their fields (every event also has ``type`` and ``time``, second
 - ``validation``: step, loss, timesteps, per_timestep, images (fixed timesteps and noise: see trainer/validation.py)
 - ``export``: step, path, format, verified, max_abs_diff, keys
 - ``warning``: message
-- ``finished``: status (``completed`` / ``stopped`` / ``failed``), step, error, adapter
+- ``finished``: status (``completed`` / ``stopped`` / ``failed``), step, error, adapter; a failure may carry
+  ``reason`` (``out_of_memory``: the UI offers restarts with less memory)
 
 Lines are appended whole and flushed; a reader may see a partial last line while a write is in flight
 and should skip a line that does not parse.

@@ -33,6 +33,7 @@ from trainer.data.images import IMAGE_EXTENSIONS, ImageReadError
 from trainer.data.images import _open as open_header  # header only; probe_image would decode every image
 from trainer.data.scan import ImageRecord, scan_folder
 from trainer.disk_estimate import DiskEstimate, estimate_run_disk, mb
+from trainer.distributed import sharding_problem
 from trainer.errors import UserFacingError
 from trainer.models.probe import CONFIGS, FAMILY_NAMES, ModelProbe, probe_base_model, vae_problems
 from trainer.models.quantize_rules import cuda_if_known, machine_problem
@@ -52,6 +53,7 @@ class PreflightReport:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     disk: DiskEstimate | None = None
+    resources: Any = None  # trainer.estimate.ResourceEstimate, when the model's configs are known
     seconds: float = 0.0
 
     @property
@@ -87,6 +89,8 @@ def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     """Check ``cfg`` before a run starts; creates nothing and loads no model (see the module doc)."""
     start = time.monotonic()
     report = PreflightReport(errors=list(validate(cfg)), warnings=export_warnings(cfg) + optimizer_warnings(cfg.optimizer))
+    if (problem := sharding_problem()) is not None:  # an accelerate launch with a DeepSpeed / FSDP config
+        report.errors.append(problem)
     flagged = {e.split("`")[1] for e in report.errors if e.count("`") >= 2}
 
     def unflagged(key: str) -> bool:
@@ -114,6 +118,7 @@ def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     if not flagged and model_ok:  # these compute with the settings and the model's facts
         _check_resolution(cfg, model, report)
         _unless_os_error(report, "run.output_dir", lambda: _check_disk(cfg, model, images, items, report))
+        _estimate(cfg, model, report)
     if unflagged("run.name") and (problem := _unless_os_error(report, "run.name", lambda: run_dir_problem(cfg, resume))):
         report.errors.append(problem)
     report.seconds = time.monotonic() - start
@@ -246,6 +251,30 @@ def _check_disk(cfg: Config, model: ModelProbe, images: int, items: int, report:
             f"not enough disk space for this run: about {mb(estimate.total)} MB needed, {mb(free)} MB free on {where} "
             f"({estimate.describe()}); free some space, lower `checkpoint.keep_last` or `checkpoint.every_n_steps`, "
             "or set `run.output_dir` to a bigger disk"
+        )
+
+
+def _estimate(cfg: Config, model: ModelProbe, report: PreflightReport) -> None:
+    """Peak memory and seconds per step (``trainer.estimate``); a GPU run that cannot fit is a warning naming
+    the settings that shrink it (the estimate is a model, so it never stops a run)."""
+    from trainer.estimate import component_params, estimate_resources, memory_advice
+    from trainer.gpus import visible_gpus
+
+    gpus = [] if cfg.training.device == "cpu" else visible_gpus()
+    configs = _model_configs(model)
+    if "unet" not in configs:
+        return
+    try:
+        estimate = estimate_resources(cfg, configs, component_params(model.config_dir, model.family), "cuda" if gpus else "cpu")
+    except (KeyError, TypeError, ValueError, IndexError):  # an unusual UNet config: no estimate
+        return
+    report.resources = estimate
+    report.notes.append(estimate.describe())
+    smallest = min((g.memory_mb for g in gpus), default=0)
+    if gpus and estimate.peak_mb > smallest:
+        report.warnings.append(
+            f"this run may not fit in GPU memory: about {estimate.peak_mb:,.0f} MB needed, {smallest:,} MB on the GPU; "
+            + memory_advice(cfg)
         )
 
 

@@ -23,7 +23,7 @@ from trainer.checkpoint import (
 )
 from trainer.conditioning import set_clip_skip
 from trainer.config import Config
-from trainer.distributed import check_launch, effective_batch, resume_position, wants_cpu
+from trainer.distributed import check_launch, effective_batch, resume_position, sharding_problem, wants_cpu
 from trainer.ema import AdapterEMA, lora_parameters
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
@@ -86,6 +86,8 @@ def setup(cfg: Config, run_dir: Path, events: EventWriter, log: Any, resume: boo
         log.warning(warning)
         events.emit("warning", message=warning)
 
+    if (problem := sharding_problem()) is not None:  # before accelerate imports DeepSpeed or wraps for FSDP
+        raise UserFacingError(problem)
     accelerator = Accelerator(
         mixed_precision=_mixed_precision(cfg), cpu=wants_cpu(cfg.training.device, torch.cuda.is_available()),
         **tracking.accelerator_kwargs(cfg, run_dir),

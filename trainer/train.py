@@ -52,6 +52,20 @@ class TrainingDiverged(UserFacingError):
     """The loss became NaN or infinite."""
 
 
+class OutOfMemory(UserFacingError):
+    """The device ran out of memory; the message names the settings that shrink the run (trainer.estimate)."""
+
+    reason = "out_of_memory"  # the `finished` event carries it: the UI offers a restart with those settings
+
+
+def looks_like_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's "can't allocate memory"."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
 @dataclass
 class TrainResult:
     status: str  # completed | stopped | failed
@@ -111,9 +125,14 @@ def _train_in(cfg: Config, run_dir: Path, resume: bool, show_progress: bool, mai
             events.emit("finished", status="stopped", step=step, error=None, adapter=None)
         return TrainResult(status="stopped", step=step, run_dir=run_dir)
     except BaseException as err:
+        step = session.progress.step if session else 0
         if looks_like_disk_full(err):
             err = disk_full_error(run_dir, _bytes_needed(run_dir, session), kept=_kept_checkpoint(run_dir))
-        step = session.progress.step if session else 0
+        elif looks_like_out_of_memory(err):
+            from trainer.estimate import out_of_memory_message
+
+            device = str(session.device) if session else cfg.training.device
+            err = OutOfMemory(out_of_memory_message(cfg, step, device))
         message = str(err) if isinstance(err, (UserFacingError, ConfigError)) else f"{type(err).__name__}: {err}"
         if not isinstance(err, (UserFacingError, ConfigError)):
             log.error("training failed:\n%s", traceback.format_exc())
@@ -122,8 +141,9 @@ def _train_in(cfg: Config, run_dir: Path, resume: bool, show_progress: bool, mai
         if events.holding:
             log.error("the resume did not start; the run's record is unchanged")
         else:
-            events.emit("finished", status="failed", step=step, error=message, adapter=None)
-        if isinstance(err, DiskFullError):
+            events.emit("finished", status="failed", step=step, error=message, adapter=None,
+                        reason=getattr(err, "reason", None))
+        if isinstance(err, (DiskFullError, OutOfMemory)):
             raise err from None
         raise
     finally:
@@ -211,6 +231,8 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
     for module in s.trained.values():
         module.train()
     bar = tqdm(total=s.total_steps, initial=s.progress.step, unit="step", disable=not (show_progress and acc.is_main_process), dynamic_ncols=True)
+    if cfg.sampling.at_start and s.progress.step == 0:
+        make_previews(s)  # the base model's drawing, for the previews to change from
     meter = RateMeter(s.progress.step)
     loss_sum, micro_in_step, last_loss = None, 0, None
     status = "completed"

@@ -19,6 +19,8 @@ from app.config_form import (
     unique_run_name,
     values_to_config,
 )
+from app.multi_gpu import gpu_choices, picked_gpu_ids
+from app.oom_restart import OFFERS, restart_config, restart_offers
 from app.queue_view import QUEUE_COLUMNS, job_name, queue_choices, queue_rows
 from app.run_status import job_status
 from app.run_view import (
@@ -31,9 +33,11 @@ from app.run_view import (
     monitor_memo,
     progress_html,
 )
-from app.start_check import problems_markdown, start_check
+from app.start_check import estimate_markdown, problems_markdown, start_check
 from trainer.atomic import write_text
-from trainer.config import BUILTIN_MODELS, PRESETS, section_doc
+from trainer.config import BUILTIN_MODELS, PRESETS, ConfigError, section_doc
+from trainer.config import load_config as read_config_file
+from trainer.gpus import visible_gpus
 
 CHARTS_EMPTY = (
     "**Loss and learning rate** charts appear here once the run logs its first step; **previews** below, "
@@ -63,10 +67,18 @@ def build(studio: Studio, fields: list) -> list[Any]:
         with gr.Column(scale=4, elem_id="monitor"):
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="start-btn", scale=2)
+                estimate = gr.Button("Estimate memory and time", elem_id="estimate-btn", scale=1, size="sm")
                 stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
+            gpus = visible_gpus()  # nvidia-smi, no torch; more than one: the run can use several (accelerate)
+            gpu_pick = gr.CheckboxGroup(gpu_choices(gpus), value=gpu_choices(gpus), label="GPUs to use",
+                                        info="Two or more: one training process per GPU (accelerate launch --multi_gpu); "
+                                             "each step then trains on batch size × GPUs images.",
+                                        visible=len(gpus) > 1, elem_id="gpu-pick")
             start_message = gr.Markdown(elem_id="start-message")
             progress = gr.HTML(progress_html(None), elem_id="progress-box")
             outcome = gr.HTML(elem_id="run-outcome")  # the last finished job: stays while the next one runs
+            with gr.Row(visible=False, elem_id="oom-restart") as oom_row:  # after a run ran out of memory
+                oom_buttons = {kind: gr.Button(label, size="sm", elem_id=f"oom-{kind}") for kind, label in OFFERS.items()}
             charts_hint = gr.Markdown(CHARTS_EMPTY, elem_id="charts-hint", elem_classes="ls-empty")
             # Hidden while empty: an empty chart is a blank box with an icon that says nothing.
             loss_plot = gr.LinePlot(x="step", y="loss", color="series", title="Loss: raw, smoothed, validation; checkpoints as points",
@@ -89,9 +101,13 @@ def build(studio: Studio, fields: list) -> list[Any]:
     stopping = gr.State(None)  # the job Stop was pressed for: its outcome replaces "Stopping…" when it ends
 
     def do_start(*values):
+        *values, picked = values
         cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
         if problems:
             return problems_markdown(problems), gr.skip()
+        return submit(cfg, picked_gpu_ids(picked, gpus) if len(gpus) > 1 else [])
+
+    def submit(cfg, gpu_ids: list[int]):
         name = unique_run_name(studio.settings.runs_dir, cfg.run.name, studio.reserved_names())
         renamed = f" (as **{name}**: `{cfg.run.name}` already exists)" if name != cfg.run.name else ""
         cfg.run.name = name
@@ -99,13 +115,49 @@ def build(studio: Studio, fields: list) -> list[Any]:
         if not check.ok:
             return check.message, gr.skip()
         warnings = f"\n\n{check.message}" if check.message else ""
-        job = studio.jobs.submit(config_to_toml_text(cfg), name)
+        job = studio.jobs.submit(config_to_toml_text(cfg), name, gpus=gpu_ids)
         studio.jobs.tick()
         job = studio.jobs.get(job.id)
         if job.state == "queued":
             position = [j.id for j in studio.jobs.queued()].index(job.id) + 1
             return f"Queued **{name}**{renamed}: position {position}; it starts when the running job ends.{warnings}", gr.skip()
         return f"Started **{name}**{renamed}.{warnings}", gr.Timer(ACTIVE_POLL_S)  # follow it from the next second
+
+    def do_estimate(*values):
+        *values, picked = values
+        cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
+        if problems:
+            return problems_markdown(problems)
+        check = start_check(cfg)
+        if not check.ok:
+            return check.message
+        processes = max(1, len(picked_gpu_ids(picked, gpus))) if len(gpus) > 1 else 1
+        return estimate_markdown(check.report, cfg, processes) or "No estimate for this model (its configs are unknown)."
+
+    def oom_job():
+        """The last finished job, when its run ran out of memory."""
+        job = studio.last_finished_job()
+        if job is None or studio.follower(job.run_dir).poll().failure_reason != "out_of_memory":
+            return None
+        return job
+
+    def oom_row_update():
+        job = oom_job()
+        try:
+            kinds = restart_offers(read_config_file(job.config_path)) if job else []
+        except ConfigError:
+            kinds = []
+        return [gr.update(visible=bool(kinds)), *(gr.update(visible=k in kinds) for k in OFFERS)]
+
+    def do_oom_restart(kind: str):
+        def handler():
+            job = oom_job()
+            if job is None:
+                return "The last run did not run out of memory; nothing to restart.", gr.skip()
+            cfg = restart_config(read_config_file(job.config_path), kind)
+            cfg.run.name = f"{job.name}-{'gc' if kind == 'checkpointing' else 'half-batch'}"
+            return submit(cfg, job.gpus)
+        return handler
 
     def do_stop():
         job = studio.jobs.current()
@@ -186,6 +238,7 @@ def build(studio: Studio, fields: list) -> list[Any]:
         return [
             part("progress", lambda: progress_html(view, state) if job else progress_html(None)),
             part("outcome", lambda: outcome),
+            *(oom_row_update() if "outcome" in send else [gr.skip()] * (len(OFFERS) + 1)),
             part("charts", lambda: _chart(loss_rows(view) if view and view.losses else [])),
             part("charts", lambda: _chart(lr_rows(view) if view and view.lrs else [])),
             part("charts", lambda: gr.update(visible=not (view and view.losses))),
@@ -216,14 +269,17 @@ def build(studio: Studio, fields: list) -> list[Any]:
             return f"Moved **{name}** {kind}."
         return handler
 
-    start.click(do_start, widgets, [start_message, timer])
+    start.click(do_start, [*widgets, gpu_pick], [start_message, timer])
+    estimate.click(do_estimate, [*widgets, gpu_pick], start_message)
+    for kind, button in oom_buttons.items():
+        button.click(do_oom_restart(kind), None, [start_message, timer])
     stop.click(do_stop, None, [start_message, stopping])
     apply_preset_button.click(do_preset, [preset, *widgets], [*widgets, preset_message])
     save_config.click(do_save_config, widgets, save_config)
     load_config.upload(do_load_config, load_config, [*widgets, config_message])
     timer.tick(
         refresh, [seen, queued_pick, stopping],
-        [progress, outcome, loss_plot, lr_plot, charts_hint, previews, queue_table, log_tail, queued_pick, start_message, stopping,
+        [progress, outcome, oom_row, *oom_buttons.values(), loss_plot, lr_plot, charts_hint, previews, queue_table, log_tail, queued_pick, start_message, stopping,
          seen, timer],
         show_progress="hidden",  # no loading overlay flashing over the charts every second
     )

@@ -15,7 +15,9 @@ full SVD triplets (the dropped ones with λ = 0) and VeRA's vectors. Reload a co
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,25 +53,26 @@ def write_peft_folder(model: Any, out_dir: Path, name: str) -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def _without_rank_pattern(config: Any) -> Iterator[None]:
+    """AdaLoRA's config with ``rank_pattern`` off for the duration (see the module docstring)."""
+    pattern = getattr(config, "rank_pattern", None)
+    if pattern is not None:
+        config.rank_pattern = None
+    try:
+        yield
+    finally:
+        if pattern is not None:
+            config.rank_pattern = pattern
+
+
 def _state_dict(module: Any, config: Any) -> dict[str, Any]:
     from peft import get_peft_model_state_dict
 
-    pattern = getattr(config, "rank_pattern", None)
-    if hasattr(config, "rank_pattern"):
-        config.rank_pattern = None
-    try:
+    with _without_rank_pattern(config):
         return get_peft_model_state_dict(module, adapter_name=ADAPTER_NAME)
-    finally:
-        if hasattr(config, "rank_pattern"):
-            config.rank_pattern = pattern
 
 
 def _save_config(config: Any, target: Path) -> None:
-    pattern = getattr(config, "rank_pattern", None)
-    if hasattr(config, "rank_pattern"):
-        config.rank_pattern = None
-    try:
+    with _without_rank_pattern(config):
         config.save_pretrained(str(target))
-    finally:
-        if hasattr(config, "rank_pattern"):
-            config.rank_pattern = pattern

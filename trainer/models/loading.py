@@ -150,9 +150,9 @@ def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = N
 
             return load_sdxl_folder(Path(where), cfg, kind, dtype=dtype)
         tokenizer = CLIPTokenizer.from_pretrained(where, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **_variant(kwargs))
-        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **_variant(kwargs))
-        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **_variant(kwargs))
+        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **_variant(kwargs), **in_dtype(dtype))
+        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **_variant(kwargs), **in_dtype(dtype))
+        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **_variant(kwargs), **in_dtype(dtype))
         noise_scheduler = DDPMScheduler.from_pretrained(where, subfolder="scheduler")
     except ModelLoadError:
         raise
@@ -162,6 +162,12 @@ def load_diffusers_model(where: str, cfg: ModelConfig, kind: str, dtype: Any = N
     return assemble_base_model(
         family, unet, vae, [text_encoder], [tokenizer], noise_scheduler, cfg, source=kind, name_or_path=cfg.base, dtype=dtype
     )
+
+
+def in_dtype(dtype: Any) -> dict[str, Any]:
+    """``torch_dtype`` for diffusers' ``from_pretrained``: loading in fp32 and casting afterwards would peak at
+    the fp32 size, twice an fp16 UNet (``merge`` promises about one model's memory)."""
+    return {} if dtype is None else {"torch_dtype": dtype}
 
 
 def _variant(kwargs: dict[str, Any]) -> dict[str, Any]:

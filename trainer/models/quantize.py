@@ -4,8 +4,8 @@
 place after the model loads (every source: builtin, folder, single file, hub), before LoRA is injected:
 
 - ``torchao-int8``: ``torchao.quantize_(module, Int8WeightOnlyConfig())``: int8 weights with one scale per
-  output row; PEFT then wraps those layers as ``TorchaoLoraLinear`` (forward and backward through the int8
-  weight; merging is never needed here).
+  output row, in ``QuantizedLinear`` layers whose backward keeps the int8 weight rather than a float copy
+  (see there); PEFT wraps them as ``TorchaoLoraLinear`` (merging is never needed here).
 - ``bnb-int8`` / ``bnb-nf4``: bitsandbytes' ``Linear8bitLt`` (LLM.int8, ``has_fp16_weights=False``) and
   ``Linear4bit`` (``quant_type="nf4"``, compute in the training dtype), the layers diffusers'
   ``BitsAndBytesConfig`` loads into; built here from the loaded layers, because that config only reaches
@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from trainer.errors import UserFacingError
 from trainer.models.quantize_rules import backend, machine_problem
@@ -48,9 +49,48 @@ def quantize_base(model: Any, mode: str, train_text_encoder: bool, compute_dtype
             from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
             quantize_(module, Int8WeightOnlyConfig())
+            _save_quantized_for_backward(module)
         else:
             _to_bitsandbytes(module, kind, compute_dtype)
     return names
+
+
+class _QuantizedLinearFunction(torch.autograd.Function):
+    """``F.linear`` with a frozen quantized weight that keeps the *quantized* weight for the backward pass.
+
+    torchao's int8 weight-only ``F.linear`` dequantizes the weight and autograd then saves that float copy
+    for the input gradient, so every layer's full-precision weight is held from forward to backward: on the
+    CPU a LoRA step on the int8 base peaked above the unquantized one (``bench/quantize_memory.py``). Here
+    the int8 tensor (data + scales) is saved and dequantized once more in backward, one layer at a time.
+    The weight is frozen, so only the input gets a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.dequantize().to(grad.dtype), None, None  # (…, out) @ (out, in)
+
+
+class QuantizedLinear(torch.nn.Linear):
+    """A frozen ``nn.Linear`` whose weight is a torchao quantized tensor (PEFT wraps it as ``TorchaoLoraLinear``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _QuantizedLinearFunction.apply(x, self.weight, self.bias)
+
+
+def _save_quantized_for_backward(module: torch.nn.Module) -> None:
+    """Replace each torchao-quantized Linear by a ``QuantizedLinear`` holding the same weight and bias."""
+    for _, parent in list(module.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and hasattr(child.weight, "dequantize"):
+                new = QuantizedLinear(child.in_features, child.out_features, bias=child.bias is not None, device="meta")
+                new.weight, new.bias = child.weight, child.bias
+                setattr(parent, name, new)
 
 
 def _to_bitsandbytes(module: torch.nn.Module, kind: str, compute_dtype: torch.dtype) -> None:

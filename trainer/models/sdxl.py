@@ -21,7 +21,7 @@ def load_sdxl_folder(path: Path, cfg: ModelConfig, kind: str, dtype: Any = None)
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from trainer.models.loading import assemble_base_model
+    from trainer.models.loading import assemble_base_model, in_dtype
 
     # Weights from .safetensors only, never an unpickled .bin (load_diffusers_model checked the folder first).
     weights = {"use_safetensors": True} | ({"variant": cfg.variant} if cfg.variant else {})
@@ -31,8 +31,8 @@ def load_sdxl_folder(path: Path, cfg: ModelConfig, kind: str, dtype: Any = None)
         CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **weights, **local),
         CLIPTextModelWithProjection.from_pretrained(path, subfolder="text_encoder_2", **weights, **local),
     ]
-    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **weights, **local)
-    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **weights, **local)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **weights, **local, **in_dtype(dtype))
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **weights, **local, **in_dtype(dtype))
     # Training always adds noise the DDPM way; the folder's own scheduler (often Euler) only lends its betas.
     noise_scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler", **local)
     return assemble_base_model(

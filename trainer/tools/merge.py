@@ -6,10 +6,11 @@ applies them), and cast to the saved dtype. Streamed: the base is loaded once (i
 for an fp32 merge) and never modified; each merged weight is computed when the writer reaches it and
 dropped after (``stream_write``), so peak memory is the base plus one layer, not two models.
 
-Equality checked (``merge_check``): the merged model's UNet and text-encoder outputs equal the base
-with the adapters loaded through diffusers (``load_lora_weights`` + ``set_adapters`` with the weights),
-on fixed inputs, within the saved dtype's tolerance; a single file also loads back through our
-single-file loader and diffusers' ``from_single_file`` with the same outputs.
+Equality checked (``merge_check``): every merged weight equals PEFT's ``fuse_lora`` of the adapters
+loaded through diffusers (``load_lora_weights`` + ``set_adapters`` with the weights) up to rounding to
+the saved dtype, and the UNet and text-encoder outputs on fixed inputs equal that reference's within the
+saved dtype's tolerance; a single file also loads back through our single-file loader and diffusers'
+``from_single_file`` with the same outputs.
 """
 
 from __future__ import annotations

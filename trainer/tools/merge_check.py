@@ -5,7 +5,8 @@ diffusers pipeline; each plain LoRA/LoCon file goes in through ``load_lora_weigh
 ``set_adapters`` with its weight — diffusers' own reading of the keys, independent of our decoders.
 LoHa, LoKr and DoRA files, which diffusers does not read for SD, are added as ComfyUI adds them (ΔW
 onto the weights). Merged: the written model loaded back through our loader (a single file also
-through diffusers' ``from_single_file``), upcast to fp32. On the export self-check's fixed inputs the
+through diffusers' ``from_single_file``), upcast to fp32. Each merged weight must equal the reference's
+fused one (``fuse_lora``) up to rounding to the saved dtype; and on the export self-check's fixed inputs the
 UNet and text-encoder outputs must agree within ``export.verify``'s tolerance for the saved dtype:
 64·u(dtype)·(|adapter effect| + |output|), u the unit roundoff (fp16 ≈ 4.9e-4, bf16 ≈ 3.9e-3, fp32 ≈ 6e-8):
 rounding W + ΔW to the saved dtype moves each weight by u·|W'|.
@@ -51,11 +52,12 @@ def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: An
     probe = _fp32_probe(_probe_inputs(model))
     fresh = {name: base_copy(m).float() for name, m in model.component_modules().items()}
     base_out = _outputs(fresh, probe)
-    problems = _apply_reference(plan, fresh)
+    pipe, names, problems = _apply_reference(plan, fresh)
     if problems:
         return MergeCheck(False, None, "; ".join(problems[:5]))
     reference = _outputs(fresh, probe)
-    del fresh
+    fused = _fused_weights(plan, pipe, names, fresh)
+    del fresh, pipe
     next(stage)
     with tempfile.TemporaryDirectory() as configs:
         config_dir = _config_dir(model, Path(configs))
@@ -64,8 +66,10 @@ def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: An
         except UserFacingError as err:
             return MergeCheck(False, None, f"the written model does not load back through our loader: {err}")
         merged_out = _outputs(merged.component_modules(), probe)
+        problems = _weight_problems(fused, merged, dtype)
         del merged
-        diff, problems = _compare_outputs(base_out, reference, merged_out, dtype, dtype)
+        diff, output_problems = _compare_outputs(base_out, reference, merged_out, dtype, dtype)
+        problems += output_problems
         how = "our loader"
         if fmt == "single-file" and not problems:
             next(stage)
@@ -75,8 +79,9 @@ def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: An
     for _ in stage:
         pass
     if problems:
-        return MergeCheck(False, diff, f"outputs differ from base + {reference_how(plan)}: " + "; ".join(problems[:5]))
-    return MergeCheck(True, diff, f"checked: loaded back through {how}, UNet and text-encoder outputs equal base + "
+        return MergeCheck(False, diff, f"the merge differs from base + {reference_how(plan)}: " + "; ".join(problems[:5]))
+    return MergeCheck(True, diff, f"checked: loaded back through {how}, every merged weight equals PEFT's fused one and "
+                      "UNet and text-encoder outputs equal base + "
                       f"{reference_how(plan)} (max abs diff {diff:.3g}, tolerance for {str(dtype).removeprefix('torch.')})")
 
 
@@ -94,8 +99,9 @@ def _fp32_probe(probe: _Probe) -> _Probe:
     return _Probe(probe.sample.float(), probe.timestep, probe.hidden.float(), added, probe.token_ids)
 
 
-def _apply_reference(plan: Any, fresh: dict[str, torch.nn.Module]) -> list[str]:
-    """Load every adapter onto ``fresh`` (see the module docstring); the loader's key problems, if any."""
+def _apply_reference(plan: Any, fresh: dict[str, torch.nn.Module]) -> tuple[Any, list[str], list[str]]:
+    """Load every adapter onto ``fresh`` (see the module docstring): the pipeline, the diffusers adapter names,
+    and the loader's key problems, if any."""
     model = plan.model
     pipe = _build_pipeline(model, fresh, model.noise_scheduler)
     names, weights, problems = [], [], []
@@ -112,13 +118,44 @@ def _apply_reference(plan: Any, fresh: dict[str, torch.nn.Module]) -> list[str]:
             try:
                 pipe.load_lora_weights(str(adapter.path), adapter_name=name)
             except Exception as err:  # diffusers raises ValueError/KeyError/RuntimeError for files it cannot read
-                return [f"diffusers could not load {adapter.path.name}: {type(err).__name__}: {err}"]
+                return pipe, names, [f"diffusers could not load {adapter.path.name}: {type(err).__name__}: {err}"]
         problems += [f"{adapter.path.name}: loader warning: {m}" for m in logged
                      if _KEY_PROBLEM.search(m) and not m.startswith(_NO_KEYS_NOTICE)]
         names.append(name)
         weights.append(weight)
     if names:
         pipe.set_adapters(names, adapter_weights=weights)
+    return pipe, names, problems
+
+
+def _layer_weight(module: torch.nn.Module, component: str, canonical: str) -> torch.Tensor:
+    layer = module.get_submodule(module_path(component, module, canonical))
+    return (layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer).weight.detach()
+
+
+def _fused_weights(plan: Any, pipe: Any, names: list[str], fresh: dict[str, torch.nn.Module]) -> dict[tuple[str, str], torch.Tensor]:
+    """W + Σ wᵢ ΔWᵢ per adapted layer as PEFT fuses it (``fuse_lora`` with the ``set_adapters`` weights), fp32.
+
+    PEFT may add into the weight in place, and ``fresh`` shares the base's tensors when the base is fp32: the
+    base model is not used after this check."""
+    if names:
+        pipe.fuse_lora(adapter_names=names)
+    return {key: _layer_weight(fresh[key[0]], *key) for key in plan.layers}
+
+
+def _weight_problems(fused: dict[tuple[str, str], torch.Tensor], merged: Any, dtype: torch.dtype) -> list[str]:
+    """|saved − fused| ≤ u(dtype)·|fused| (rounding to the saved dtype) + 64·u32·max|fused| (fp32 sums in
+    another order): a wrong weight, alpha or layer misses by a fraction of ΔW, orders of magnitude beyond."""
+    u, u32 = torch.finfo(dtype).eps / 2, torch.finfo(torch.float32).eps / 2
+    components, problems = merged.component_modules(), []
+    for (component, canonical), want in fused.items():
+        got = _layer_weight(components[component], component, canonical).float()
+        err = (got - want).abs()
+        tol = u * want.abs() + 64 * u32 * want.abs().max() + 1e-12
+        if (err > tol).any():
+            at = int((err - tol).argmax())
+            problems.append(f"{component}.{canonical}: merged weight differs from PEFT's fused weight by "
+                            f"{err.flatten()[at]:.3g} (tolerance {tol.flatten()[at]:.3g})")
     return problems
 
 
