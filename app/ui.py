@@ -84,7 +84,7 @@ THEME = gr.themes.Default(
 
 # What a newcomer should expect from the default model, in one line where they see it first.
 BUILTIN_MODEL_NOTE = (
-    "ℹ️ The built-in model, `builtin:shapes-sd`, is a 3-million-parameter model this project trained on "
+    "ℹ️ The built-in model, `builtin:shapes-sd`, is a small model (4 million parameters) this project trained on "
     "simple pictures: circles, squares and triangles in five colours on plain backgrounds, 64×64 pixels. "
     "It has never seen a star; the sample dataset teaches it one as `sks` in about a minute on a CPU. "
     "For real pictures, pick a real Stable Diffusion model."

@@ -22,7 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trainer.config import Config  # noqa: E402
-from trainer.estimate import CALIBRATION, COMPUTE_BYTES, MB, component_params, estimate_resources, latent_pixels, unet_units  # noqa: E402
+from trainer.estimate import (  # noqa: E402
+    CALIBRATION,
+    COMPUTE_BYTES,
+    MB,
+    component_params,
+    estimate_resources,
+    latent_pixels,
+    unet_units,
+)
 from trainer.models.probe import CONFIGS, ModelProbe, probe_base_model  # noqa: E402
 
 
@@ -69,6 +77,8 @@ def load(paths: list[Path]) -> list[Measurement]:
         if path.suffix == ".jsonl":
             for line in filter(None, text.splitlines()):
                 r = json.loads(line)
+                if not isinstance(r.get("engine"), dict) or "steps_per_s" not in r["engine"]:
+                    continue  # another bench's record (not bench/train_speed.py's)
                 engine = r["engine"]
                 device = "cuda" if "peak_vram_mb" in engine else "cpu"
                 cfg = _cfg(r["resolution"], r["batch_size"], r["mixed_precision"], r["gradient_checkpointing"], r["optimizer"], 16)
@@ -91,8 +101,8 @@ def load(paths: list[Path]) -> list[Measurement]:
 def _terms(m: Measurement) -> dict[str, float]:
     configs, params = _model(m.model)
     tr = m.cfg.training
-    act, compute = unet_units(configs["unet"])
     px = latent_pixels(m.cfg.dataset.resolution, configs.get("vae"))
+    act, compute = unet_units(configs["unet"], px)
     base = estimate_resources(m.cfg, configs, params, m.device)
     return {
         "fixed": base.parts_mb["weights"] + base.parts_mb["adapter"],

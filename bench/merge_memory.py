@@ -1,10 +1,11 @@
 """Peak memory of ``merge`` (streamed) against loading the base alone and against the naive merge.
 
-The streamed merge should need about one base model (the ratio to "load" near 1); the naive path —
-diffusers' ``load_lora_weights`` + ``fuse_lora`` + ``save_pretrained``, whose safetensors writer
-serialises every tensor into one buffer first — about two. Each is a fresh process reporting its own
-peak RSS (VmHWM); the ratios are against "load", measured in the same run. The output check (on by default) is
-left out (``--no-verify``): it holds fp32 copies and is measured separately as "merge + check".
+The streamed merge should need about one base model: the ratio to "load" (the base loaded in fp16 with every
+weight read) near 1, and never 2. The naive path — diffusers' ``load_lora_weights`` + ``fuse_lora`` +
+``save_pretrained`` — is measured beside it. Each is a fresh process reporting its own peak RSS (VmHWM);
+the ratios are against "load", measured in the same run, and the model's fp16 size on disk is printed too.
+The output check (on by default) is left out (``--no-verify``): it holds fp32 copies and is measured
+separately as "merge + check".
 
     python bench/merge_memory.py --arch sd15 --work /tmp/merge-bench      # full-size SD 1.5 (random weights)
     python bench/merge_memory.py --arch sd15-small                         # quick
@@ -27,6 +28,8 @@ LOAD = """
 import torch
 from trainer.tools.common import load_base
 model = load_base({base!r}, dtype=torch.float16)
+# safetensors maps the file: a weight is resident only once read, so read every one (as a merge does).
+total = sum(float(t.sum()) for m in (*model.component_modules().values(), model.vae) for t in m.state_dict().values())
 """
 STREAMED = """
 import sys
@@ -92,9 +95,11 @@ def main() -> None:
         figures["naive (fuse_lora + save_pretrained)"] = peak_mb(NAIVE.format(base=base, lora=lora, out=str(args.work / "m2")))
     if args.with_check:
         figures["merge + check"] = peak_mb(STREAMED.format(base=base, lora=lora, out=str(args.work / "m3"), extra=""))
+    on_disk = sum(f.stat().st_size for f in Path(base).glob("*/*.safetensors")) / 2**20
+    print(f"{'fp16 weights on disk':38}           {on_disk:8.0f} MB")
     for name, mb in figures.items():
         print(f"{name:38} peak RSS {mb:8.0f} MB   x{mb / figures['load']:.2f} of load")
-    print(json.dumps({"arch": args.arch, **{k: round(v) for k, v in figures.items()}}))
+    print(json.dumps({"arch": args.arch, "on_disk": round(on_disk), **{k: round(v) for k, v in figures.items()}}))
 
 
 if __name__ == "__main__":

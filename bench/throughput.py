@@ -133,6 +133,8 @@ def child_plain(cfg_path: Path, warmup: int, example: bool = False) -> dict:
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.training.mixed_precision, torch.float32)
     model, params = _load(cfg, acc.device, dtype)
     unet, vae, te = model.unet, model.vae, model.text_encoder
+    if cfg.training.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     opt = torch.optim.AdamW(params, lr=cfg.optimizer.learning_rate, fused=None if example else True)
     unet, opt = acc.prepare(unet, opt)
     res, bs = cfg.dataset.resolution, cfg.training.batch_size

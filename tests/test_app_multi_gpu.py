@@ -78,6 +78,10 @@ def test_the_run_view_knows_the_batch_and_an_out_of_memory_stop(tmp_path):
 
 
 def test_the_estimate_beside_start(make_config):
+    from trainer.config import ModelConfig
+    from trainer.models.loading import load_base_model
+
+    load_base_model(ModelConfig(base="builtin:tiny-sd"))  # the pre-flight reads a builtin's configs once built
     cfg = make_config("estimate", training__batch_size=2)
     check = start_check(cfg)
     assert check.ok

@@ -129,6 +129,9 @@ def test_upload_train_watch_download(ui_server, browser_page):
     page.get_by_role("tab", name="1 · Dataset").click()
     page.locator("#caption-table").wait_for()
     _shot(page, "01-opened")
+    # A newcomer reads, before anything else, what the built-in model is and what to expect from it.
+    note = page.locator("#builtin-model-note").inner_text()
+    assert "builtin:shapes-sd" in note and "never seen a star" in note
 
     # Upload sample_data's images and captions into a new dataset.
     page.locator("#new-dataset-name textarea, #new-dataset-name input").first.fill("e2e set")
@@ -196,7 +199,7 @@ def test_upload_train_watch_download(ui_server, browser_page):
     grid = page.locator("#run-previews")
     grid.wait_for()
     assert (grid.get_attribute("data-rows"), grid.get_attribute("data-columns")) == ("1", "4")
-    assert grid.locator("img").count() == 3
+    assert grid.locator("img").count() == 4
     with page.expect_download() as info:
         download_button.click()
     saved = tmp / "downloaded.safetensors"

@@ -19,6 +19,14 @@ from trainer.preflight import preflight
 from trainer.train import OutOfMemory, train
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _built_tiny_model():
+    """The estimate reads a builtin's configs only once it was built (the pre-flight never builds one)."""
+    from trainer.models.loading import load_base_model
+
+    load_base_model(ModelConfig(base="builtin:tiny-sd"))
+
+
 def _tiny():
     probe = probe_base_model(ModelConfig(base="builtin:tiny-sd"))
     configs = {c: probe.config(c) for c in ("unet", "vae", "text_encoder")}
@@ -36,10 +44,10 @@ def test_parameter_counts_come_from_the_weight_files():
 
 
 def test_unet_units_by_hand():
-    # Two levels, widths 32 and 64, attention on the first only, 2 layers a block:
-    # activations 32·(1+1) + 64·1/4 = 80; compute 32²·(2+1) + 64²·2/4 = 3072 + 2048 = 5120.
+    # Two levels, widths 32 and 64, attention on the first only, 2 layers a block, 100 latent pixels:
+    # activations 32·(1+1) + 64·1/4 = 80; compute 32²·(2+10) + 64²·2/4 + 2·1·32·100 = 12288 + 2048 + 6400.
     config = {"block_out_channels": [32, 64], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "layers_per_block": 2}
-    assert unet_units(config) == (80.0, 5120.0)
+    assert unet_units(config, 100) == (80.0, 20736.0)
 
 
 def test_the_terms_move_with_the_settings():

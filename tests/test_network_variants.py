@@ -207,6 +207,7 @@ def test_adalora_native_peft_folder_reloads_to_the_same_model(bases, tmp_path):
         torch.testing.assert_close(unet_loss(fresh, batch), unet_loss(model, batch), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # three real runs (~25 s alone)
 def test_adalora_stop_and_resume_ends_with_the_same_masks_and_adapter(make_config, monkeypatch):
     """The real loop with gradient accumulation: stopped at step 5 (mid-schedule) and resumed, it ends with the
     uninterrupted run's rank pattern, scores and weights, bit for bit on the CPU."""
@@ -334,6 +335,7 @@ def test_allocate_ranks_gives_more_rank_to_more_gradient_energy_within_the_budge
     assert budget - allocation.spent < min(costs.values()), "the budget is spent up to less than one rank's cost"
 
 
+@pytest.mark.slow  # a real run with the probe (~10 s alone)
 def test_importance_run_trains_under_the_budget_and_reports_each_block(make_config):
     from trainer.events import read_events
     from trainer.networks.importance import ALLOCATION_FILE
@@ -370,6 +372,7 @@ def test_a_resumed_importance_run_keeps_its_saved_ranks_without_probing(tmp_path
     assert allocation.ranks == {("unet", "x"): 7} and allocation.spent == 77
 
 
+@pytest.mark.slow  # a real run (~8 s alone)
 def test_vera_run_reports_its_size_beside_loras_and_exports_a_checked_file(make_config):
     from trainer.events import read_events
     from trainer.train import train

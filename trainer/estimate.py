@@ -50,10 +50,12 @@ class Calibration:
 
 
 CALIBRATION = {
-    # 2 shared CPU cores, fp32, torch 2.13 (bench/results/cpu-throughput.json)
-    "cpu": Calibration(runtime_mb=430.0, act_bytes=150.0, checkpoint_fraction=0.35, overhead_s=0.02, units_per_s=3.0e9),
-    # H100 80GB, bf16 (bench/results/h100-sd15-512.jsonl, h100-sdxl-1024.jsonl)
-    "cuda": Calibration(runtime_mb=0.0, act_bytes=128.6, checkpoint_fraction=0.289, overhead_s=0.12, units_per_s=5.0e10,
+    # 2 shared CPU cores, fp32, torch 2.13: memory from bench/results/cpu-throughput-*.json (both models), time
+    # from builtin:tiny-sd's quiet rounds (the sd15-small run shared the cores with a training run)
+    "cpu": Calibration(runtime_mb=427.0, act_bytes=169.0, checkpoint_fraction=0.35, overhead_s=0.032, units_per_s=4.1e8),
+    # H100 80GB, bf16/fp16, batch 1 (bench/results/h100-sd15-512.jsonl, h100-sdxl-1024.jsonl); at batch 1 the GPU
+    # is launch-bound, so the overhead dominates and checkpointing's recompute costs more than its FLOPs
+    "cuda": Calibration(runtime_mb=0.0, act_bytes=128.6, checkpoint_fraction=0.289, overhead_s=0.22, units_per_s=4.9e11,
                         recompute_factor=1.75),
 }
 
@@ -97,8 +99,14 @@ def component_params(config_dir: Path | None, family: str | None) -> dict[str, f
     return out or known
 
 
-def unet_units(unet: dict[str, Any]) -> tuple[float, float]:
-    """(activation units, compute units) per latent pixel of a ``UNet2DConditionModel`` config."""
+LINEAR_PER_ATTENTION = 10  # a transformer layer's projections (q, k, v, out twice, feed-forward ×4) in width² units
+ATTENTION_SCORES = 2  # QKᵀ and the weighted sum: 2 × tokens × width per token
+
+
+def unet_units(unet: dict[str, Any], pixels: float = 0.0) -> tuple[float, float]:
+    """(activation units, compute units) per latent pixel of a ``UNet2DConditionModel`` config at ``pixels``
+    latent pixels (attention's cost per pixel grows with the pixel count). The compute units track torch's FLOP
+    counter at about 80 FLOPs (forward + backward) per unit on builtin:tiny-sd and bench's sd15-small."""
     widths = list(unet["block_out_channels"])
     blocks = unet.get("down_block_types") or []
     layers = unet.get("layers_per_block", 2)
@@ -111,7 +119,8 @@ def unet_units(unet: dict[str, Any]) -> tuple[float, float]:
             attention = depth[i] if isinstance(depth, (list, tuple)) else depth
         scale = 4.0**-i  # each level halves both sides
         act += width * (1 + attention) * scale
-        compute += width * width * (layers + attention) * scale
+        compute += width * width * (layers + LINEAR_PER_ATTENTION * attention) * scale
+        compute += ATTENTION_SCORES * attention * width * pixels * scale * scale
     return act, compute
 
 
@@ -128,7 +137,7 @@ def estimate_resources(
     tr = cfg.training
     dtype_bytes = COMPUTE_BYTES.get(tr.mixed_precision, 4)
     px = latent_pixels(cfg.dataset.resolution, configs.get("vae"))
-    act_units, compute_units = unet_units(configs["unet"])
+    act_units, compute_units = unet_units(configs["unet"], px)
     keep = cal.checkpoint_fraction if tr.gradient_checkpointing else 1.0
     lora = lora_weights(cfg, configs)
     parts = {

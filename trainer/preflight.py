@@ -210,7 +210,7 @@ def _listed(items: list[str]) -> str:
 
 
 def _check_resolution(cfg: Config, model: ModelProbe, report: PreflightReport) -> None:
-    """Warn far from the native size; builtins are natively 64 px and carry no native size here."""
+    """Warn far from the native size; the random builtins carry none (any size is as good as another)."""
     if model.native is None or model.family is None:
         return
     low, high = model.native

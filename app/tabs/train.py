@@ -100,12 +100,19 @@ def build(studio: Studio, fields: list) -> list[Any]:
     seen = gr.State(None)
     stopping = gr.State(None)  # the job Stop was pressed for: its outcome replaces "Stopping…" when it ends
 
+    def with_gpu_pick(values: tuple) -> tuple[list, list[str] | None]:
+        """The form's values and the *GPUs to use* ticks (the last input; absent when called with the form alone)."""
+        if len(values) == len(widgets) + 1:
+            return list(values[:-1]), values[-1]
+        return list(values), None
+
     def do_start(*values):
-        *values, picked = values
+        values, picked = with_gpu_pick(values)
         cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
         if problems:
             return problems_markdown(problems), gr.skip()
-        return submit(cfg, picked_gpu_ids(picked, gpus) if len(gpus) > 1 else [])
+        chosen = picked_gpu_ids(picked if picked is not None else gpu_choices(gpus), gpus) if len(gpus) > 1 else []
+        return submit(cfg, chosen)
 
     def submit(cfg, gpu_ids: list[int]):
         name = unique_run_name(studio.settings.runs_dir, cfg.run.name, studio.reserved_names())
@@ -124,7 +131,7 @@ def build(studio: Studio, fields: list) -> list[Any]:
         return f"Started **{name}**{renamed}.{warnings}", gr.Timer(ACTIVE_POLL_S)  # follow it from the next second
 
     def do_estimate(*values):
-        *values, picked = values
+        values, picked = with_gpu_pick(values)
         cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
         if problems:
             return problems_markdown(problems)

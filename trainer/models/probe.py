@@ -19,7 +19,7 @@ from typing import Any
 
 from trainer.config import ModelConfig
 from trainer.models import checkpoint_keys as keys
-from trainer.models.builtin import BUILTINS, SDXL_VARIANTS, builtin_cache
+from trainer.models.builtin import BUILTINS, SDXL_VARIANTS, SHIPPED, builtin_cache
 from trainer.models.loading import (
     ModelLoadError,
     read_model_index,
@@ -84,6 +84,8 @@ def probe_base_model(cfg: ModelConfig) -> ModelProbe:
 
 def _probe_builtin(name: str, probe: ModelProbe) -> None:
     probe.kind, probe.family = "builtin", "sdxl" if name in SDXL_VARIANTS else "sd1"
+    if name in SHIPPED:  # a trained model: it draws at the size it learnt, 64 px
+        probe.native = (64, 64)
     entry = builtin_cache(name)
     if entry.problem() is None:  # built before: its configs tell the dims; never build it here
         probe.config_dir = entry.folder

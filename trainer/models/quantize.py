@@ -52,7 +52,26 @@ def quantize_base(model: Any, mode: str, train_text_encoder: bool, compute_dtype
             _save_quantized_for_backward(module)
         else:
             _to_bitsandbytes(module, kind, compute_dtype)
+    _return_freed_memory()
     return names
+
+
+def _return_freed_memory() -> None:
+    """Hand the freed full-precision weights back to the OS. glibc keeps freed heap memory in the process,
+    so without this the quantized run's resident memory stayed at the unquantized one's (sd15: 4.35 GB after
+    quantizing against 3.47 GB trimmed). Linux/glibc only; elsewhere a no-op."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 class _QuantizedLinearFunction(torch.autograd.Function):

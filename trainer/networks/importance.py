@@ -82,6 +82,7 @@ def importance_ranks(s: Any, plans: dict[str, Any], run_dir: Path, resume: bool)
 
 def probe_energies(s: Any, plans: dict[str, Any]) -> dict[Key, torch.Tensor]:
     """σ² of the summed loss gradient of every planned layer's weight over the probe's batches."""
+    from trainer.speed import SpeedPlan
     from trainer.train import collate, compute_loss
 
     model = s.model
@@ -90,8 +91,10 @@ def probe_energies(s: Any, plans: dict[str, Any]) -> dict[Key, torch.Tensor]:
     for w in weights.values():
         w.requires_grad_(True)
     trained = {c: m for c, m in modules.items() if c != "unet"}  # text encoders run with grad (compute_loss)
+    # The fields of a Session that compute_loss reads, for the base model before any adapter or cache exists.
     view = types.SimpleNamespace(model=model, device=s.device, latent_cache=None, text_cache=None, trained=trained,
-                                 objective=s.objective, train_unet=model.unet, weight_dtype=s.weight_dtype, allocation=None)
+                                 objective=s.objective, train_unet=model.unet, weight_dtype=s.weight_dtype, allocation=None,
+                                 speed=getattr(s, "speed", None) or SpeedPlan())
     batches = _probe_batches(s)
     try:
         for indices in batches:
