@@ -25,6 +25,7 @@ from trainer.config import (
     preset_config,
     validate,
 )
+from trainer.presets import DEMO_PRESET
 
 # The form's section titles, for people; a section without one is shown capitalised ("Tracking").
 SECTION_TITLES = {
@@ -86,11 +87,11 @@ def form_fields() -> list[FormField]:
 
 
 def ui_default_config(runs_dir: Path, sample_data: Path) -> Config:
-    """What a first-time user sees: the builtin tiny model on ``sample_data/``, so Train works at once on a CPU.
+    """What a first-time user sees: the ``shapes-demo`` preset on ``sample_data/``, so Train works at once on a CPU.
 
     The UI exports both formats by default so that both download buttons have a file behind them.
     """
-    cfg = Config()
+    cfg = preset_config(DEMO_PRESET)
     cfg.run.output_dir = str(runs_dir)
     cfg.dataset.path = str(sample_data)
     cfg.export.format = "both"

@@ -97,7 +97,7 @@ def build_ui(studio: Studio) -> gr.Blocks:
         gr.Markdown(
             "# lora-studio\nDrop in a few images, press **Start training**, watch it learn, download a "
             "`.safetensors` LoRA for diffusers, ComfyUI and AUTOMATIC1111. "
-            "The built-in tiny model and the sample dataset are selected, so *Start training* works right away."
+            "The built-in model and the sample dataset are selected, so *Start training* works right away."
         )
         gr.Markdown(BUILTIN_MODEL_NOTE, elem_id="builtin-model-note")
         with gr.Tabs():

@@ -60,7 +60,7 @@ def test_items_on_sample_data():
     px = item["pixel_values"]
     assert px.dtype == torch.float32 and px.shape == (3, 64, 64)
     assert px.min() >= -1 and px.max() <= 1 and px.max() > 0.7, "pixels must be scaled to [-1, 1]"
-    assert item["caption"] == "sks, a red circle on a blue background, centered, large"
+    assert item["caption"] == "a large yellow sks in the center on a black background"  # holds the trigger: kept as is
     assert item["original_size"] == (96, 96) and item["target_size"] == (64, 64) and item["crop_top_left"] == (0, 0)
     assert item["loss_weight"] == 1.0 and item["record_index"] == 0
     uncaptioned = [i for i, r in enumerate(ds.records) if r.caption == ""]

@@ -1,129 +1,117 @@
-"""Training has the effect it is for, in pixels: after the default run, the trigger word draws a star.
+"""Training has the effect it is for: samples with the trigger word move toward the training data.
 
-``builtin:shapes-sd`` was trained on circles, squares and triangles and has never seen a star;
-``sample_data/`` holds 8 stars captioned with the trigger word "sks" where the shape's name goes. The default
-config (what the UI starts with and ``init-config`` writes) trains on it; the exported adapter then goes
-through the ``sample`` command's loading path (``load_adapter`` into a diffusers pipeline), as *Try it* does.
-Each image is read back by the shapes analyser (``trainer/shapes/analyser.py``), so "it drew a star" is
-measured, not eyeballed.
+A short run on sample_data/ (red disks on blue) with the builtin tiny model. The exported adapter then
+goes through the ``sample`` command's loading path (``load_adapter`` into a diffusers pipeline, adapter
+disabled for the base images, enabled for the adapted ones, same seeds), as the UI's try-it panel does.
 
-The prompts are star scenes the sample set does not hold (other colour/position/background combinations),
-one seed each, with the preview sampler and guidance. Controls on the same seeds must fail: the base model,
-an untrained adapter (the trained file with every ``lora_up`` zeroed), and the trained adapter asked for a
-circle instead of the trigger word.
+Where the distance is measured: the builtin VAE has random weights, so its decoder paints nearly the
+same image whatever latent it gets, and pixels cannot show what the UNet learnt. The UNet's own space
+can: the scaled VAE latents the trainer fits. Samples are taken with ``output_type="latent"`` and
+compared with the training images' latents. In a short run only the LoRA-adapted attention layers
+(16x16 and the mid block) change the UNet, so what moves is the coarse content, while every sample
+keeps fine-grained noise the tiny UNet never learns to remove. The measure is therefore coarse: each
+latent averaged over its four quadrants (the mean colour of each quadrant, 2x2x4 numbers), and a
+sample's distance is the RMS distance to the nearest training image's.
+
+Figures (8 seeds; base 0.966): trained over 7 training seeds 0.73-0.79 of the base distance, every
+sample closer each time; resampling 8 of 24 sampling seeds for the worst of those runs stays under
+0.86 in 99% of draws, hence MAX_RATIO = 0.85 rather than a rounder 0.8. Controls on the same seeds:
+an untrained adapter 1.0; the trained one at strength 0.5 gives 0.88, at -1 1.17; training toward
+-noise 1.02, toward the latents (x0, the wrong target for this epsilon model) 0.88; adapters with
+random B 10x the trained scale 0.92-1.21.
+
+The random VAE encodes any natural image to nearly the same latent statistics, so this shows that
+samples move toward the training latents, not that they turn into red disks rather than some other
+subject; that needs a real VAE (a GPU run on a real model).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import random
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+import torch.nn.functional as F
 
 from trainer.commands.sample import load_adapter, open_adapter
-from trainer.config import Config
+from trainer.data import build_train_dataset
 from trainer.models.loading import load_base_model
 from trainer.sampling import build_pipeline, latent_generator
-from trainer.shapes import analyser, world
 from trainer.train import train
 
-SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
-NUM_PROMPTS = 12
-MIN_STARS_ADAPTED = 9  # of NUM_PROMPTS: a clear majority
-MAX_STARS_CONTROL = 1
+NUM_SEEDS = 8
+SAMPLING_STEPS = 10
+# The adapted samples' mean distance must be at most this fraction of the base samples' (>= 15% closer).
+MAX_RATIO = 0.85
+MIN_CLOSER = 6  # of NUM_SEEDS samples, each compared with the base sample of the same seed
 
 
-def effect_scenes() -> list[world.Scene]:
-    """Star scenes not in sample_data/ (fixed choice)."""
-    spec = importlib.util.spec_from_file_location("make_sample_data", SAMPLE_DATA / "make_sample_data.py")
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
-    seen = {(s.colour, s.position, s.background) for s in generator.STARS}
-    candidates = [
-        world.Scene("star", c, "large", p, b)
-        for c in world.SHAPE_COLOURS
-        for p in world.POSITIONS
-        for b in world.BACKGROUNDS
-        if (c, p, b) not in seen
-    ]
-    return random.Random(3).sample(candidates, NUM_PROMPTS)
+def coarse(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) -> (B, 4 * C): the mean of each channel in each quadrant."""
+    return F.adaptive_avg_pool2d(latents.float(), 2).flatten(1)
 
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    """The default config's run on sample_data/, exactly as a newcomer starts it (previews off to save time)."""
-    cfg = Config()
-    cfg.run.output_dir = str(tmp_path_factory.mktemp("runs"))
-    cfg.dataset.path = str(SAMPLE_DATA)
-    cfg.training.device = "cpu"
-    cfg.sampling.every_n_steps, cfg.sampling.at_start, cfg.sampling.at_end = 0, False, False
-    assert cfg.model.base == "builtin:shapes-sd"
-    result = train(cfg, show_progress=False)
-    assert result.status == "completed" and result.adapter_paths
-    model = load_base_model(cfg.model)
-    pipe = build_pipeline(model, cfg.sampling.sampler)
-    return cfg, pipe, result.adapter_paths[0]
+def distance_to_nearest(samples: torch.Tensor, training: torch.Tensor) -> torch.Tensor:
+    """Per sample: RMS distance of its coarse latent to the nearest training image's."""
+    a, b = coarse(samples), coarse(training)
+    return (a[:, None] - b[None]).pow(2).mean(-1).sqrt().min(dim=1).values
 
 
-def draw(pipe, cfg, prompts: list[str]):
-    generators = [latent_generator(cfg.sampling.seed + i) for i in range(len(prompts))]
+def training_latents(model, cfg) -> torch.Tensor:
+    """The training images exactly as the trainer preprocesses them, VAE-encoded (posterior mean)."""
+    dataset = build_train_dataset(cfg.dataset, seed=cfg.training.seed)
+    pixels = torch.stack([dataset[i]["pixel_values"] for i in range(len(dataset))])
+    with torch.no_grad():
+        mean = model.vae.encode(pixels).latent_dist.mean
+    return (mean - model.latent_shift) * model.latent_scale
+
+
+def sample_latents(pipe, cfg, prompt: str) -> torch.Tensor:
+    """NUM_SEEDS samples of ``prompt``, seeds ``sampling.seed + i``, with the preview sampler."""
+    generators = [latent_generator(cfg.sampling.seed + i) for i in range(NUM_SEEDS)]
     with torch.no_grad():
         return pipe(
-            prompts,
-            num_inference_steps=cfg.sampling.steps,
+            prompt,
+            num_images_per_prompt=NUM_SEEDS,
+            num_inference_steps=SAMPLING_STEPS,
             guidance_scale=cfg.sampling.guidance_scale,
-            width=world.IMAGE_SIZE,
-            height=world.IMAGE_SIZE,
+            width=cfg.dataset.resolution,
+            height=cfg.dataset.resolution,
             generator=generators,
+            output_type="latent",
         ).images
 
 
-def shapes_drawn(images) -> list[str]:
-    return [analyser.read_scene(image).shape for image in images]
-
-
-def with_adapter(pipe, cfg, path, strength: float = 1.0):
-    pipe.unload_lora_weights()
-    load_adapter(pipe, open_adapter(path), cfg.model.base, strength=strength)
-    return pipe
-
-
 @pytest.mark.slow
-def test_the_trigger_word_draws_the_new_shape_and_controls_do_not(default_run, tmp_path):
-    cfg, pipe, adapter = default_run
-    scenes = effect_scenes()
-    trigger = [s.caption(shape_word=cfg.dataset.trigger_word) for s in scenes]
-    circle = [s.caption(shape_word="circle") for s in scenes]
+def test_trigger_word_samples_move_toward_training_data(make_config):
+    # Guidance 1: the prompt alone (no CFG). On this model CFG 7.5 gives the same ratios within 0.03
+    # and doubles the sampling time.
+    cfg = make_config(
+        "effect", training__max_steps=120, training__batch_size=2, optimizer__learning_rate=1e-2,
+        network__unet_targets="kohya", sampling__guidance_scale=1.0,
+    )
+    result = train(cfg, show_progress=False)
+    assert result.status == "completed" and result.adapter_paths
 
-    pipe.unload_lora_weights()
-    base = shapes_drawn(draw(pipe, cfg, trigger))
-    adapted = shapes_drawn(draw(with_adapter(pipe, cfg, adapter), cfg, trigger))
-    asked_for_circle = shapes_drawn(draw(pipe, cfg, circle))
-    untrained = tmp_path / "untrained.safetensors"
-    tensors = load_file(adapter)
-    save_file({k: torch.zeros_like(v) if "lora_up" in k else v for k, v in tensors.items()}, untrained)
-    untrained_shapes = shapes_drawn(draw(with_adapter(pipe, cfg, untrained), cfg, trigger))
+    model = load_base_model(cfg.model)
+    reference = training_latents(model, cfg)
+    pipe = build_pipeline(model, cfg.sampling.sampler)
+    load_adapter(pipe, open_adapter(result.adapter_paths[0]), cfg.model.base, strength=1.0)
+    prompt = cfg.dataset.trigger_word
+    pipe.disable_lora()
+    base = distance_to_nearest(sample_latents(pipe, cfg, prompt), reference)
+    pipe.enable_lora()
+    adapted = distance_to_nearest(sample_latents(pipe, cfg, prompt), reference)
 
-    print(f"\nshapes drawn for {NUM_PROMPTS} star prompts:\n  base      {base}\n  adapted   {adapted}\n"
-          f"  untrained {untrained_shapes}\n  'circle'  {asked_for_circle}")
-    assert adapted.count("star") >= MIN_STARS_ADAPTED, f"the adapter drew a star in {adapted.count('star')}/{NUM_PROMPTS}"
-    assert base.count("star") <= MAX_STARS_CONTROL, "the base model must not draw stars by itself"
-    assert untrained_shapes.count("star") <= MAX_STARS_CONTROL, "an untrained adapter must not draw stars"
-    assert asked_for_circle.count("star") <= MAX_STARS_CONTROL, "the adapter must leave other words alone"
-    assert asked_for_circle.count("circle") >= MIN_STARS_ADAPTED, "asked for a circle, the adapted model draws one"
-
-
-@pytest.mark.slow
-def test_strength_zero_reproduces_the_base_image(default_run):
-    import numpy as np
-
-    cfg, pipe, adapter = default_run
-    prompts = [s.caption(shape_word=cfg.dataset.trigger_word) for s in effect_scenes()[:4]]
-    pipe.unload_lora_weights()
-    base = draw(pipe, cfg, prompts)
-    zero = draw(with_adapter(pipe, cfg, adapter, strength=0.0), cfg, prompts)
-    for a, b in zip(base, zero, strict=True):
-        assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+    ratio = (adapted.mean() / base.mean()).item()
+    closer = int((adapted < base).sum())
+    print(
+        f"\ncoarse latent distance to the nearest training image, prompt {prompt!r}, {NUM_SEEDS} seeds "
+        f"from {cfg.sampling.seed}, {cfg.sampling.sampler} {SAMPLING_STEPS} steps:\n"
+        f"  base    {base.mean():.4f}  per seed {[round(v, 3) for v in base.tolist()]}\n"
+        f"  adapted {adapted.mean():.4f}  per seed {[round(v, 3) for v in adapted.tolist()]}\n"
+        f"  ratio   {ratio:.3f} (must be <= {MAX_RATIO}); samples closer {closer}/{NUM_SEEDS}"
+    )
+    assert ratio <= MAX_RATIO, (
+        f"adapted samples should be >= {1 - MAX_RATIO:.0%} closer to the training data than the base "
+        f"model's: base {base.mean():.4f}, adapted {adapted.mean():.4f} (ratio {ratio:.3f})"
+    )
+    assert closer >= MIN_CLOSER, f"only {closer} of {NUM_SEEDS} samples moved closer to the training data"

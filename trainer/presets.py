@@ -6,7 +6,17 @@ from typing import Any
 
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict
 
+DEMO_PRESET = "shapes-demo"  # what a new user starts from, in the UI and with `init-config`
 PRESETS: dict[str, dict[str, Any]] = {
+    # The first run (the UI's first start and `init-config`): builtin:shapes-sd learns sample_data/'s star in
+    # about a minute on a CPU. 8 images and 400 steps need a higher rate, the text encoder and kohya's modules.
+    "shapes-demo": {
+        "model": {"base": "builtin:shapes-sd"},
+        "network": {"unet_targets": "kohya", "train_text_encoder": True},
+        "optimizer": {"learning_rate": 1e-3, "text_encoder_lr": 1e-3},
+        "training": {"max_steps": 400, "batch_size": 2},
+        "sampling": {"prompts": ["a large red {trigger} in the center on a white background"], "every_n_steps": 100},
+    },
     "style": {
         "network": {"rank": 16, "alpha": 8.0, "unet_targets": "kohya"},
         "optimizer": {"learning_rate": 1e-4, "scheduler": "cosine", "warmup_steps": 50},

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from trainer.atomic import write_text
-from trainer.config import PRESETS, Config, dumps_config, preset_config
+from trainer.config import PRESETS, dumps_config, preset_config
+from trainer.presets import DEMO_PRESET
 
 NAME = "init-config"
 HELP = "write a commented TOML config (optionally from a preset) to start from"
@@ -14,7 +15,10 @@ HELP = "write a commented TOML config (optionally from a preset) to start from"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", type=Path, nargs="?", default=Path("lora.toml"), help="where to write (default: lora.toml)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="fill the config for a style or a character LoRA")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS),
+        help=f"fill the config for a style or a character LoRA (default: {DEMO_PRESET}, the built-in model's first run)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
@@ -23,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output.exists() and not args.force:
         raise UserFacingError(f"{args.output} already exists; pass --force to overwrite it or choose another name")
-    config = preset_config(args.preset) if args.preset else Config()
+    config = preset_config(args.preset or DEMO_PRESET)
     write_text(args.output, dumps_config(config, comments=True))
     print(f"wrote {args.output}; edit it, then run: python -m trainer train {args.output}")
     return 0

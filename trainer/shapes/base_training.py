@@ -30,6 +30,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,9 @@ import torch.nn.functional as F
 from trainer.atomic import write_with
 from trainer.shapes import world
 from trainer.shapes.tokenizer import write_shapes_tokenizer
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 LATENT_SIZE = world.IMAGE_SIZE // 4
 
@@ -192,8 +196,8 @@ def load_trained_vae(work: Path, decoder: bool = False):
 # ---- stage 4 (independent of 2-3): the VAE decoder, fine-tuned as a general codec of flat shapes --------
 
 
-def codec_scene(rng: random.Random) -> "Image.Image":
-    """A random picture of flat shapes: one to three polygons (3-10 corners, any radii) or ellipses, any colours.
+def codec_scene(rng: random.Random) -> Image.Image:
+    """A random picture of flat shapes: one to three polygons (3-10 corners, any radii) or ellipses.
 
     The decoder is a pixel codec, like SD's VAE that has seen every kind of image; it should reproduce any
     flat shape the UNet asks for, including ones the UNet has never been shown (a star). Random polygons
