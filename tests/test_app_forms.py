@@ -248,4 +248,4 @@ def test_default_config_is_valid(tmp_path):
     cfg: Config = ui_default_config(tmp_path, REPO / "sample_data")
     values = config_to_values(cfg)
     back, problems = values_to_config(values, tmp_path)
-    assert problems == [] and back.model.base == "builtin:tiny-sd" and back.export.format == "both"
+    assert problems == [] and back.model.base == "builtin:shapes-sd" and back.export.format == "both"

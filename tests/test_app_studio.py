@@ -35,7 +35,7 @@ def test_first_start_preselects_an_editable_copy_of_sample_data(tmp_path):
         p.name for p in (REPO / "sample_data").iterdir() if p.suffix in (".png", ".txt")
     )
     cfg = studio.default_config()
-    assert (cfg.model.base, cfg.dataset.path, cfg.run.output_dir) == ("builtin:tiny-sd", str(copy), str(tmp_path / "runs"))
+    assert (cfg.model.base, cfg.dataset.path, cfg.run.output_dir) == ("builtin:shapes-sd", str(copy), str(tmp_path / "runs"))
     # A user who deleted it does not get it back on the next start.
     studio.store.create("mine")
     studio.store.delete_dataset(SAMPLE_DATASET)

@@ -61,7 +61,7 @@ def test_items_on_sample_data():
     assert px.dtype == torch.float32 and px.shape == (3, 64, 64)
     assert px.min() >= -1 and px.max() <= 1 and px.max() > 0.7, "pixels must be scaled to [-1, 1]"
     assert item["caption"] == "a large yellow sks in the center on a black background"  # holds the trigger: kept as is
-    assert item["original_size"] == (96, 96) and item["target_size"] == (64, 64) and item["crop_top_left"] == (0, 0)
+    assert item["original_size"] == (128, 128) and item["target_size"] == (64, 64) and item["crop_top_left"] == (0, 0)
     assert item["loss_weight"] == 1.0 and item["record_index"] == 0
     uncaptioned = [i for i, r in enumerate(ds.records) if r.caption == ""]
     assert len(uncaptioned) == 1 and ds[uncaptioned[0]]["caption"] == "sks circle"

@@ -37,12 +37,12 @@ import torch.nn.functional as F
 
 from trainer.atomic import write_with
 from trainer.shapes import world
+from trainer.shapes.architecture import make_text_encoder, make_unet, make_vae, noise_schedule
 from trainer.shapes.tokenizer import write_shapes_tokenizer
 
 if TYPE_CHECKING:
     from PIL import Image
 
-LATENT_SIZE = world.IMAGE_SIZE // 4
 
 
 @dataclass
@@ -62,58 +62,6 @@ class Recipe:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
-
-
-def make_vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 32, 64),
-        layers_per_block=1,
-        latent_channels=4,
-        sample_size=world.IMAGE_SIZE,
-        norm_num_groups=16,
-    )
-
-
-def make_unet():
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel(
-        sample_size=LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64, 128),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=4,
-        norm_num_groups=32,
-    )
-
-
-def make_text_encoder(tokenizer):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=64,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
 
 
 def load_tokenizer(work: Path):
@@ -167,15 +115,20 @@ def train_vae(work: Path, recipe: Recipe, progress) -> None:
         posterior = vae.encode(pixels).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(reconstruction, pixels) + 1e-6 * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.vae_steps:
-            save_state(path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+        vae_step(loss, vae, optimizer, bar, path, step, recipe.vae_steps, recipe.checkpoint_every)
     bar.close()
     save_state(done, {"model": vae.state_dict()})
+
+
+def vae_step(loss, vae, optimizer, bar, path: Path, step: int, total: int, every: int) -> None:
+    """One optimizer step of a VAE stage, and its resumable state every ``every`` steps and at the end."""
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss.item():.4f}")
+    if (step + 1) % every == 0 or step + 1 == total:
+        save_state(path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
 
 
 def load_trained_vae(work: Path, decoder: bool = False):
@@ -260,13 +213,7 @@ def finetune_decoder(work: Path, recipe: Recipe, progress) -> None:
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mean
         loss = F.mse_loss(vae.decode(latents).sample, pixels)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.decoder_steps:
-            save_state(path, {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step + 1})
+        vae_step(loss, vae, optimizer, bar, path, step, recipe.decoder_steps, recipe.checkpoint_every)
     bar.close()
     save_state(done, {"model": vae.state_dict()})
 
@@ -307,13 +254,6 @@ def learning_rate(recipe: Recipe, step: int) -> float:
         return recipe.lr * (step + 1) / recipe.warmup
     progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def noise_schedule():
-    """SD's scaled-linear betas rescaled to zero terminal SNR, v-prediction, trailing timesteps."""
-    from trainer.models.builtin import sd_scheduler
-
-    return sd_scheduler("v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing")
 
 
 def train_diffusion(work: Path, recipe: Recipe, tokenizer, data: dict, progress) -> dict:
