@@ -72,7 +72,8 @@ class ModelConfig:
 
     base: str = option(
         "builtin:tiny-sd",
-        "Base model: `builtin:tiny-sd` / `builtin:tiny-sd-v` / `builtin:tiny-sdxl` (tiny random-weight models, "
+        "Base model: `builtin:shapes-sd` (a small model trained here on pictures of simple shapes, 64 px), "
+        "`builtin:tiny-sd` / `builtin:tiny-sd-v` / `builtin:tiny-sdxl` (tiny random-weight models; all builtins need "
         "no download), a local diffusers folder, a single-file SD 1.x / 2.x / SDXL checkpoint (.safetensors, "
         "or .ckpt loaded without running pickled code; loads offline), or a Hugging Face hub id (needs internet).",
     )
