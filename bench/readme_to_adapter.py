@@ -100,7 +100,7 @@ def save_before_after(runs: Path, artifacts: Path) -> str:
 
     from trainer.shapes.analyser import read_scene
 
-    samples = sorted(next(runs.iterdir()).glob("samples/step_*_00.png"))
+    samples = sorted(runs.glob("*/samples/step_*_00.png"))  # the one run (runs/ also holds .jobs/)
     before, after = Image.open(samples[0]).convert("RGB"), Image.open(samples[-1]).convert("RGB")
     artifacts.mkdir(parents=True, exist_ok=True)
     before.save(artifacts / "before.png")
