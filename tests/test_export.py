@@ -36,12 +36,15 @@ def base():
     return load_base_model(Config().model)
 
 
-def lora_model(base, *, rank=4, alpha=2.0, te=True, b_std=0.1, seed=0, unet_targets="attention", mlp=False):
-    """A copy of ``base`` with an injected adapter whose B ~ N(0, b_std): B = 0 (PEFT's init) would make
-    every comparison below pass trivially."""
+def lora_model(
+    base, *, rank=4, alpha=2.0, te=True, b_std=0.1, seed=0, unet_targets="attention", mlp=False,
+    network_type="lora", zero_factor="lora_B",
+):
+    """A copy of ``base`` with an injected adapter whose zero-initialised factor (``zero_factor``: LoRA's B,
+    LoHa's ``hada_w2_b``) is drawn from N(0, b_std): PEFT's zero init would make every comparison pass trivially."""
     model = copy.deepcopy(base)
     cfg = Config()
-    cfg.network.rank, cfg.network.alpha = rank, alpha
+    cfg.network.type, cfg.network.rank, cfg.network.alpha = network_type, rank, alpha
     cfg.network.train_text_encoder, cfg.network.text_encoder_mlp = te, mlp
     cfg.network.unet_targets = unet_targets
     inject_lora(model, cfg.network)
@@ -49,7 +52,7 @@ def lora_model(base, *, rank=4, alpha=2.0, te=True, b_std=0.1, seed=0, unet_targ
     with torch.no_grad():
         for module in model.component_modules().values():
             for name, param in module.named_parameters():
-                if "lora_B" in name:
+                if zero_factor in name:
                     param.normal_(0, b_std) if b_std else param.zero_()
     return model, cfg
 

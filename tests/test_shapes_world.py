@@ -108,3 +108,12 @@ def test_base_recipe_resumed_after_a_kill_equals_an_uninterrupted_run(tmp_path):
     for key, value in straight["unet"].items():
         assert torch.equal(value, final["unet"][key]), key
     assert all(torch.equal(a, b) for a, b in zip(straight["ema"], final["ema"], strict=True))
+
+
+def test_the_recipe_tools_refuse_a_wrong_folder_by_name(tmp_path, capsys):
+    from trainer.shapes import base_training, evaluate
+
+    assert evaluate.main([str(tmp_path / "nope")]) == 2
+    assert "nope is not a diffusers model folder" in capsys.readouterr().err
+    assert base_training.main(["--work", str(tmp_path / "work"), "--export-now"]) == 2
+    assert "holds no UNet checkpoint yet" in capsys.readouterr().err

@@ -3,17 +3,14 @@ LoRA's ΔW in every layer it changed (Linear and conv), and nothing else; bad re
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from test_export import export
+from test_export import export, lora_model
 
-from trainer.config import Config, ModelConfig
+from trainer.config import ModelConfig
 from trainer.errors import UserFacingError
 from trainer.export.formats import read_adapter_file, resolve_modules
 from trainer.models.loading import load_base_model
-from trainer.network import inject_lora
 from trainer.tools.common import WeightedAdapter
 from trainer.tools.extract import extract_lora
 from trainer.tools.lora_files import module_delta
@@ -28,16 +25,7 @@ def known(tmp_path_factory):
     base in fp32: the "fine-tune" whose difference from the base is exactly that LoRA."""
     out = tmp_path_factory.mktemp("extract")
     base = load_base_model(ModelConfig(base=BASE))
-    model, cfg = copy.deepcopy(base), Config()
-    cfg.network.type, cfg.network.rank, cfg.network.alpha = "locon", 4, 2.0
-    cfg.network.train_text_encoder = True
-    inject_lora(model, cfg.network)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for module in model.component_modules().values():
-            for name, param in module.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0, 0.1)
+    model, cfg = lora_model(base, network_type="locon", rank=4, alpha=2.0)
     cfg.run.name = "known"
     lora = export(model, cfg, out)[0].path
     tuned = out / "tuned"

@@ -148,22 +148,12 @@ def test_merge_into_sdxl_folder(tmp_path):
 def test_loha_merge_equals_the_trained_peft_model(base, tmp_path):
     """LoHa has no diffusers reader, so the tool's reference adds ΔW as ComfyUI does; here the merged model is
     compared with PEFT's own LoHa forward instead (the model the file was exported from)."""
-    import copy
-
     from trainer.config import Config
     from trainer.export.verify import _outputs, _probe_inputs
-    from trainer.network import inject_lora
 
-    model, cfg = copy.deepcopy(base), Config()
-    cfg.network.type, cfg.network.rank = "loha", 2
-    cfg.network.train_text_encoder = True
-    inject_lora(model, cfg.network)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for module in model.component_modules().values():
-            for name, param in module.named_parameters():
-                if "hada_w2_b" in name:  # PEFT's LoHa starts with this factor at zero
-                    param.normal_(0, 0.5)
+    model, cfg = lora_model(  # PEFT's LoHa starts with hada_w2_b at zero
+        base, network_type="loha", rank=2, alpha=Config().network.alpha, b_std=0.5, zero_factor="hada_w2_b"
+    )
     cfg.run.name = "loha"
     path = export(model, cfg, tmp_path)[0].path
     result = merge_into_base(BASE, [WeightedAdapter(path)], tmp_path / "merged", "diffusers", "fp32")

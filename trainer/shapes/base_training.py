@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -367,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         train_vae(args.work, recipe, tqdm)
         finetune_decoder(args.work, recipe, tqdm)
         return 0
+    if args.export_now and (state is None or not (args.work / "latents.pt").exists()):
+        print(f"error: {args.work} holds no UNet checkpoint yet; run without --export-now first", file=sys.stderr)
+        return 2
     if not args.export_now:
         train_vae(args.work, recipe, tqdm)
         data = encode_dataset(args.work, recipe, tokenizer, tqdm)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 from trainer.shapes import analyser, world
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=7.5)
     args = parser.parse_args(argv)
+    if not args.model.startswith("builtin:") and not (Path(args.model) / "model_index.json").is_file():
+        print(f"error: {args.model} is not a diffusers model folder (no model_index.json); "
+              "pass builtin:shapes-sd or the folder base_training --out wrote", file=sys.stderr)
+        return 2
     report = evaluate(args.model, args.out, args.seed, args.steps, args.guidance)
     print(json.dumps({k: report[k] for k in ("held_out", "trained", "chance")}, indent=2))
     return 0
