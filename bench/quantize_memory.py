@@ -48,7 +48,8 @@ def child(mode: str, model: str, steps: int, device: str, out: Path, resolution:
     cfg.model.base, cfg.model.quantize = model, mode
     cfg.run.output_dir, cfg.run.name = str(out), f"quantize-{mode}"
     cfg.dataset.path, cfg.dataset.resolution = str(REPO / "sample_data"), resolution
-    cfg.training.max_steps, cfg.training.device = steps, device
+    # `training.device` is "auto" (CUDA when there is one) or "cpu"
+    cfg.training.max_steps, cfg.training.device = steps, "auto" if device == "cuda" else device
     cfg.training.mixed_precision = "bf16" if device == "cuda" else "no"
     cfg.sampling.every_n_steps, cfg.sampling.at_end = 0, False
     cfg.checkpoint.every_n_steps, cfg.export.verify = 0, False

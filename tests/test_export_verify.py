@@ -120,3 +120,29 @@ def test_sdxl_names_te1_te2_and_sgm_unet_and_loads_in_the_xl_pipeline(tmp_path):
     load_adapter_weights(fresh, result.path)
     want, got = lora_params(model), lora_params(fresh)
     assert all(torch.equal(got[k], want[k]) for k in want), "SDXL kohya file must load back exactly"
+
+
+def test_file_tensors_meet_the_layer_on_its_device(base, tmp_path, monkeypatch):
+    """A file is read onto the CPU; the model may be on a GPU. The default run on an H200 failed its export
+    check ("Expected all tensors to be on the same device, cuda:0 and cpu"). CI has no second device, so the
+    seam is ``FileModule.on``: every module's tensors go to the device of the layer they are compared with,
+    before ΔW is computed, in the check, the merge and the tools alike."""
+    from trainer.export.merge import merge_adapter
+    from trainer.networks.base import FileModule
+
+    moved = FileModule.on(FileModule("m", "lora", {"lora_down.weight": torch.ones(2, 3)}, 1.0), torch.device("meta"))
+    assert {t.device.type for t in moved.parts.values()} == {"meta"}, "FileModule.on must move every tensor"
+
+    calls = []
+    real_on = FileModule.on
+    monkeypatch.setattr(FileModule, "on", lambda self, device: calls.append((self.name, torch.device(device))) or real_on(self, device))
+    model, cfg = lora_model(base)
+    result = export(model, cfg, tmp_path, verify=True)[0]
+    assert result.verified, result.message
+    layers = {m.weight.device for m in model.unet.modules() if isinstance(m, torch.nn.Linear)}
+    checked = {name for name, _ in calls}
+    assert len(checked) >= 10 and {device for _, device in calls} == layers
+
+    calls.clear()
+    merge_adapter(copy.deepcopy(base), result.path)
+    assert len({name for name, _ in calls}) == len(checked), "merging moves the file's tensors to each layer too"

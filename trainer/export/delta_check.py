@@ -71,6 +71,7 @@ def check_file_deltas(path: Path, model: Any, file: KohyaFile | None = None) -> 
             problems.append(f"{where}: the trained model has no adapter on this layer")
             continue
         base = layer.get_base_layer().weight.detach().float()
+        module = module.on(base.device)
         adapter_kind = kind(module.kind)
         try:
             from_file = adapter_kind.delta(module.parts, module.alpha, base)

@@ -63,7 +63,8 @@ def merge_adapter(model: Any, path: Path, file: KohyaFile | None = None) -> Merg
         owner = components[component]
         weight = owner.get_submodule(module_path(component, owner, canonical)).weight
         try:
-            delta = kind(module.kind).delta(module.parts, module.alpha, weight.detach().float())
+            on_device = module.on(weight.device)
+            delta = kind(module.kind).delta(on_device.parts, module.alpha, weight.detach().float())
         except (RuntimeError, ValueError, IndexError) as err:
             raise UserFacingError(
                 f"adapter {path}: module {module.name} does not fit layer {component}.{canonical} of base model "
@@ -71,5 +72,5 @@ def merge_adapter(model: Any, path: Path, file: KohyaFile | None = None) -> Merg
             ) from None
         merged.weights.append(weight)
         merged.originals.append(weight.detach().clone())
-        merged.deltas.append(delta.to(weight.device))
+        merged.deltas.append(delta)
     return merged

@@ -14,7 +14,7 @@ An adapter kind (``lora.py``, ``loha.py``, ``lokr.py``) answers four questions, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -46,6 +46,12 @@ class FileModule:
     @property
     def dtype(self) -> torch.dtype:
         return next(iter(self.parts.values())).dtype
+
+    def on(self, device: torch.device) -> FileModule:
+        """This module with its tensors on ``device``. A file is read onto the CPU while the layer it is checked
+        against or merged into may be on a GPU: computing ΔW there (DoRA reads the base weight) or comparing
+        it with the trained ΔW needs one device. Without this the first run's export check failed on CUDA."""
+        return replace(self, parts={key: tensor.to(device) for key, tensor in self.parts.items()})
 
 
 class AdapterKind:

@@ -118,7 +118,7 @@ def layer_delta(adapter: ResolvedAdapter, model: Any, component: str, canonical:
     module = module or adapter.modules[(component, canonical)]
     weight = base_weight(model, component, canonical).detach()
     try:
-        delta = kind(module.kind).delta(module.parts, module.alpha, weight.float())
+        delta = kind(module.kind).delta(module.on(weight.device).parts, module.alpha, weight.float())
     except (RuntimeError, ValueError, IndexError) as err:
         raise ToolError(
             f"{adapter.path}: module {module.name} does not fit layer {component}.{canonical} of base model "
