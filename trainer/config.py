@@ -430,7 +430,8 @@ class TrainingConfig:
         advanced=True,
     )
     channels_last: bool = option(
-        False, "Channels-last (NHWC) memory format for the UNet's convolutions: faster on GPU tensor cores.", advanced=True
+        False, "Channels-last (NHWC) memory format for the UNet's convolutions. Measured slower on an H200 with SD 1.5 "
+        "(0.68×, bench/results/h200-sd15-512.json): try it with bench/throughput.py before you keep it.", advanced=True
     )
     attention: str = option(
         "auto",
