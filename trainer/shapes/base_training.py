@@ -323,6 +323,25 @@ def ema_models(work: Path, tokenizer, state: dict):
     return unet.eval(), text_encoder.eval()
 
 
+POSTERIOR_LOGVAR = -30.0  # diffusers' floor for the posterior's log-variance (std e^-15, about 3e-7)
+
+
+def pin_posterior_to_mean(vae) -> None:
+    """Make the encoder's posterior a point mass at its mean: log-variance ``POSTERIOR_LOGVAR`` everywhere.
+
+    The UNet was trained on posterior means (``encode_dataset``), while LoRA trainers (sd-scripts, diffusers'
+    examples, lora-studio) encode training images by *sampling* the posterior. This VAE's KL term left the
+    posterior wide (std 0.58 against a spread of 1.25 in the means), so sampled latents carried noise the base
+    had never seen, and the first run's adapters learned to draw that noise (textured backgrounds) rather
+    than the new shape. Zeroing the log-variance rows of ``quant_conv`` and setting their bias leaves the
+    means, and so the decoder and everything the base learned, unchanged.
+    """
+    channels = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[channels:].zero_()
+        vae.quant_conv.bias[channels:].fill_(POSTERIOR_LOGVAR)
+
+
 def export_pipeline(work: Path, out: Path, tokenizer, data: dict, state: dict) -> None:
     """Write the diffusers folder that ships (fp16 safetensors; the builtin loader upcasts)."""
     from diffusers import StableDiffusionPipeline
@@ -331,6 +350,7 @@ def export_pipeline(work: Path, out: Path, tokenizer, data: dict, state: dict) -
 
     vae = load_trained_vae(work, decoder=True)
     vae.register_to_config(scaling_factor=float(data["scaling_factor"]))
+    pin_posterior_to_mean(vae)
     unet, text_encoder = ema_models(work, tokenizer, state)
     pipe = StableDiffusionPipeline(
         vae=vae,
