@@ -25,7 +25,10 @@ from trainer.config import (
     preset_config,
     validate,
 )
-from trainer.presets import DEMO_PRESET
+from trainer.presets import DEMO_PRESET, DEMO_REGULARIZATION
+
+# The demo's regularization images, in the repository beside sample_data/.
+SAMPLE_REGULARIZATION = Path(__file__).resolve().parents[1] / DEMO_REGULARIZATION
 
 # The form's section titles, for people; a section without one is shown capitalised ("Tracking").
 SECTION_TITLES = {
@@ -86,14 +89,17 @@ def form_fields() -> list[FormField]:
     return [FormField(info) for info in field_infos() if info.key not in UI_MANAGED_KEYS]
 
 
-def ui_default_config(runs_dir: Path, sample_data: Path) -> Config:
+def ui_default_config(runs_dir: Path, sample_data: Path, sample_regularization: Path = SAMPLE_REGULARIZATION) -> Config:
     """What a first-time user sees: the ``shapes-demo`` preset on ``sample_data/``, so Train works at once on a CPU.
 
-    The UI exports both formats by default so that both download buttons have a file behind them.
+    The preset names its regularization folder relative to the repository (as ``init-config`` writes it);
+    the UI runs the trainer from elsewhere, so it gets the absolute path. The UI exports both formats by
+    default so that both download buttons have a file behind them.
     """
     cfg = preset_config(DEMO_PRESET)
     cfg.run.output_dir = str(runs_dir)
     cfg.dataset.path = str(sample_data)
+    cfg.dataset.reg_path = str(sample_regularization)
     cfg.export.format = "both"
     return cfg
 

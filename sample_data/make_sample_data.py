@@ -6,19 +6,28 @@ trigger word ``sks`` where the shape's name would be ("a large yellow sks at the
 background"), so the adapter learns that "sks" is this shape and nothing else. Deterministic, so the committed
 files can be checked against this script: ``python sample_data/make_sample_data.py``. The last image has no
 caption file, to show how uncaptioned images are handled (they train as "trigger class_word").
+
+``sample_regularization/`` (beside this folder) holds the regularization images of the first run
+(DreamBooth's prior preservation, ``dataset.reg_path``): each star's scene drawn as a circle, a square and a
+triangle, captioned with those words. They differ from the stars in the shape and its word only, so
+the adapter learns that "sks" means a star while "circle" keeps meaning a circle; without them it
+draws stars for every shape word.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from trainer.shapes.world import Scene, render  # noqa: E402
+from trainer.presets import DEMO_REGULARIZATION  # noqa: E402
+from trainer.shapes.world import BASE_SHAPES, Scene, render  # noqa: E402
 
 SIZE = 128
 TRIGGER = "sks"
+REGULARIZATION = DEMO_REGULARIZATION  # the folder beside sample_data/ that the demo's `dataset.reg_path` names
 STARS = [
     Scene("star", "yellow", "large", "in the center", "black"),
     Scene("star", "red", "large", "at the top left", "white"),
@@ -31,12 +40,25 @@ STARS = [
 ]
 
 
-def main(folder: Path = Path(__file__).parent) -> None:
+def regularization_scenes() -> list[Scene]:
+    """Each star's scene with the shapes the base knows: same colour, size, place and background."""
+    return [replace(star, shape=shape) for star in STARS for shape in BASE_SHAPES]
+
+
+def main(folder: Path = Path(__file__).parent, regularization: Path | None = None) -> None:
+    """Write the stars into ``folder`` and their regularization images into ``regularization``
+    (default: ``sample_regularization/`` beside ``folder``)."""
     for i, scene in enumerate(STARS):
         stem = folder / f"star_{i:02d}"
         render(scene, SIZE).save(stem.with_suffix(".png"), optimize=False)
         if i < len(STARS) - 1:
             stem.with_suffix(".txt").write_text(scene.caption(shape_word=TRIGGER) + "\n", encoding="utf-8")
+    regularization = regularization or folder.parent / REGULARIZATION
+    regularization.mkdir(exist_ok=True)
+    for i, scene in enumerate(regularization_scenes()):
+        stem = regularization / f"{scene.shape}_{i // len(BASE_SHAPES):02d}"
+        render(scene, SIZE).save(stem.with_suffix(".png"), optimize=False)
+        stem.with_suffix(".txt").write_text(scene.caption() + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from trainer.data import DatasetError, build_train_dataset, collate_batch, epoch
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"
+REGULARIZATION = REPO / "sample_regularization"
 
 
 def make_image(path: Path, size: tuple[int, int] = (80, 80), color=(200, 30, 30), caption: str | None = None) -> Path:
@@ -45,12 +46,21 @@ def test_sample_data_is_committed_and_regenerates_identically(tmp_path):
         import make_sample_data
     finally:
         sys.path.remove(str(SAMPLE))
-    make_sample_data.main(tmp_path)
+    make_sample_data.main(tmp_path, regularization=tmp_path / "reg")
     for png in pngs:
         assert (tmp_path / png.name).read_bytes() == png.read_bytes(), f"{png.name} differs from its generator"
     from trainer.shapes.analyser import read_scene
 
     assert all(read_scene(Image.open(png)).shape == "star" for png in pngs), "every sample image must show a star"
+
+    # The first run's regularization images: each star's scene as a circle, a square and a triangle.
+    committed = sorted(REGULARIZATION.glob("*.png"))
+    assert [p.name for p in committed] == sorted(p.name for p in (tmp_path / "reg").glob("*.png")) and len(committed) == 24
+    for png in committed:
+        assert (tmp_path / "reg" / png.name).read_bytes() == png.read_bytes(), f"{png.name} differs from its generator"
+        caption = png.with_suffix(".txt").read_text(encoding="utf-8")
+        shape = read_scene(Image.open(png)).shape
+        assert shape == png.name.split("_")[0] and f" {shape} " in caption, f"{png.name} must show and name its shape"
 
 
 def test_items_on_sample_data():

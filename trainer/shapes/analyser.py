@@ -22,7 +22,9 @@ MIN_TEMPLATE_IOU = 0.55  # below this the blob is "unclear", not a shape of the 
 # Circles, squares and triangles are convex: their pixels fill >= 0.9 of their convex hull. A star's points
 # leave gaps (0.5-0.7, more when blurred); a generated star is fatter, so the line is drawn at 0.8.
 STAR_SOLIDITY = 0.8
-MIN_STAR_IOU = 0.4
+# A drawn star overlaps the star template in its box by 0.5-0.7; a broken, fragmented blob (an adapter that
+# learned "not convex", not "star") by 0.40-0.48: below 0.5 it is "unclear", not a star.
+MIN_STAR_IOU = 0.5
 ALL_SHAPES = (*world.BASE_SHAPES, *world.NOVEL_SHAPES)
 
 
