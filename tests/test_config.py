@@ -139,17 +139,3 @@ def test_init_config_writes_a_loadable_preset(tmp_path):
     assert load_config(path).network.unet_targets == "kohya"
     again = subprocess.run([sys.executable, "-m", "trainer", "init-config", str(path)], capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
-
-
-def test_the_demo_regularization_images_are_refused_for_another_base():
-    """The first run's regularization images are circles, squares and triangles for builtin:shapes-sd: kept in a
-    config whose base was changed to a real model, they would teach it a wrong prior, silently."""
-    from trainer.presets import DEMO_PRESET, preset_config
-
-    cfg = preset_config(DEMO_PRESET)
-    assert cfg.dataset.reg_path == "sample_regularization" and validate(cfg) == []
-    cfg.model.base = "/models/sd15"
-    problems = validate(cfg)
-    assert len(problems) == 1 and "`dataset.reg_path`" in problems[0] and "/models/sd15" in problems[0]
-    cfg.dataset.reg_path = ""
-    assert validate(cfg) == []

@@ -655,3 +655,16 @@ def test_train_refuses_before_creating_the_run_folder(make_config, tmp_path, cap
     assert main(["train", str(bad), "--no-progress"]) == 2
     assert "`dataset.path` folder not found" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists(), "a refused run must leave no run folder behind (it would block the name)"
+
+
+def test_the_demo_regularization_images_are_refused_for_another_base(make_config, tmp_path):
+    """The first run's regularization images are circles, squares and triangles for builtin:shapes-sd: kept in a
+    config whose base was changed, they would teach that model a wrong prior, silently. A missing model is
+    reported first (the check waits for a base that exists)."""
+    demo_reg = str(Path(__file__).resolve().parents[1] / "sample_regularization")
+    assert preflight(make_config(model__base="builtin:shapes-sd", dataset__reg_path=demo_reg)).ok
+    report = preflight(make_config(dataset__reg_path=demo_reg))  # builtin:tiny-sd
+    assert [e for e in report.errors if "`dataset.reg_path`" in e and "builtin:tiny-sd" in e], report.errors
+    missing = preflight(make_config(model__base=str(tmp_path / "nothing"), dataset__reg_path=demo_reg))
+    assert not [e for e in missing.errors if "`dataset.reg_path`" in e] and any("model.base" in e for e in missing.errors)
+    assert preflight(make_config(dataset__reg_path="")).ok

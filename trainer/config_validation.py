@@ -10,7 +10,6 @@ import math
 from pathlib import Path
 
 from trainer.config import BUILTIN_MODELS, Config, field_infos
-from trainer.presets import DEMO_BASE, DEMO_REGULARIZATION
 
 
 def validate(config: Config) -> list[str]:
@@ -52,12 +51,6 @@ def validate(config: Config) -> list[str]:
         p.append(f"`dataset.prior_loss_weight` must be 0 or more, got {ds.prior_loss_weight}")
     if ds.reg_path.strip() and ds.reg_path.strip() == ds.path.strip():
         p.append("`dataset.reg_path` must be a different folder from `dataset.path`")
-    if Path(ds.reg_path.strip()).name == DEMO_REGULARIZATION and config.model.base != DEMO_BASE:
-        p.append(
-            f"`dataset.reg_path` is the first run's regularization images (circles, squares and triangles for "
-            f"{DEMO_BASE}), which would teach {config.model.base!r} a wrong prior: clear `dataset.reg_path`, or "
-            "point it at images of your subject's class made with this model"
-        )
     _non_negative(p, "dataset.class_images", ds.class_images)
     if ds.class_images > 0 and not ds.reg_path.strip():
         p.append("`dataset.class_images` needs `dataset.reg_path`: the folder the generated images go to")

@@ -115,6 +115,8 @@ def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
     if model_ok:
         family = FAMILY_NAMES.get(model.family or "", "family known once loaded")
         report.notes.append(f"model.base: {model.kind}, {family}")
+        if (problem := demo_regularization_problem(cfg)) is not None:
+            report.errors.append(problem)
     if not flagged and model_ok:  # these compute with the settings and the model's facts
         _check_resolution(cfg, model, report)
         _unless_os_error(report, "run.output_dir", lambda: _check_disk(cfg, model, images, items, report))
@@ -123,6 +125,21 @@ def preflight(cfg: Config, resume: bool = False) -> PreflightReport:
         report.errors.append(problem)
     report.seconds = time.monotonic() - start
     return report
+
+
+def demo_regularization_problem(cfg: Config) -> str | None:
+    """The first run's regularization images (circles, squares and triangles for builtin:shapes-sd) kept in a
+    config whose base was changed: they would teach that model a wrong prior without a word. Checked once
+    the base is known to exist, so a missing model is reported first."""
+    from trainer.presets import DEMO_BASE, DEMO_REGULARIZATION
+
+    if Path(cfg.dataset.reg_path.strip()).name != DEMO_REGULARIZATION or cfg.model.base == DEMO_BASE:
+        return None
+    return (
+        f"`dataset.reg_path` is the first run's regularization images (circles, squares and triangles for "
+        f"{DEMO_BASE}), which would teach {cfg.model.base!r} a wrong prior: clear `dataset.reg_path`, or point "
+        "it at images of your subject's class made with this model"
+    )
 
 
 def _unless_os_error(report: PreflightReport, key: str, check: Any) -> Any:
