@@ -86,7 +86,8 @@ THEME = gr.themes.Default(
 BUILTIN_MODEL_NOTE = (
     "ℹ️ The built-in model, `builtin:shapes-sd`, is a small model (4 million parameters) this project trained on "
     "simple pictures: circles, squares and triangles in five colours on plain backgrounds, 64×64 pixels. "
-    "It has never seen a star; the sample dataset teaches it one as `sks` in about a minute on a CPU. "
+    "It has never seen a star; the sample dataset teaches it one as `sks` in about a minute on a CPU "
+    "(expect rough, partly drawn stars, and circles still drawn as circles). "
     "For real pictures, pick a real Stable Diffusion model."
 )
 
