@@ -59,6 +59,19 @@ def test_analyser_says_none_for_an_empty_picture_and_unclear_for_a_blob():
     assert analyser.read_scene(blob).shape == "unclear"
 
 
+def test_generated_stars_read_as_stars_and_broken_adapter_outputs_do_not():
+    """Six 64 px images a trained adapter drew (``tests/data/shapes_readings``): three clear stars, and three
+    fragmented pointed blobs from an adapter that learned "not convex", not "star". The blobs overlap the star
+    template by 0.46-0.48 and read "star" under the old threshold (0.4); they must read "unclear"."""
+    from PIL import Image
+
+    folder = Path(__file__).parent / "data" / "shapes_readings"
+    read = {p.stem: analyser.read_scene(Image.open(p)).shape for p in sorted(folder.glob("*.png"))}
+    assert len(read) == 6
+    assert {shape for name, shape in read.items() if name.startswith("star")} == {"star"}, read
+    assert {shape for name, shape in read.items() if name.startswith("broken")} == {"unclear"}, read
+
+
 class _StopAfter:
     """A tqdm stand-in that kills the run (as Ctrl-C would) after ``n`` steps of any stage."""
 

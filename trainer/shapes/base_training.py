@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from trainer.atomic import write_with
 from trainer.shapes import world
 from trainer.shapes.architecture import make_text_encoder, make_unet, make_vae, noise_schedule
+from trainer.shapes.shipped_folder import write_shipped_folder
 from trainer.shapes.tokenizer import write_shapes_tokenizer
 
 if TYPE_CHECKING:
@@ -323,47 +324,11 @@ def ema_models(work: Path, tokenizer, state: dict):
     return unet.eval(), text_encoder.eval()
 
 
-POSTERIOR_LOGVAR = -30.0  # diffusers' floor for the posterior's log-variance (std e^-15, about 3e-7)
-
-
-def pin_posterior_to_mean(vae) -> None:
-    """Make the encoder's posterior a point mass at its mean: log-variance ``POSTERIOR_LOGVAR`` everywhere.
-
-    The UNet was trained on posterior means (``encode_dataset``), while LoRA trainers (sd-scripts, diffusers'
-    examples, lora-studio) encode training images by *sampling* the posterior. This VAE's KL term left the
-    posterior wide (std 0.58 against a spread of 1.25 in the means), so sampled latents carried noise the base
-    had never seen, and the first run's adapters learned to draw that noise (textured backgrounds) rather
-    than the new shape. Zeroing the log-variance rows of ``quant_conv`` and setting their bias leaves the
-    means, and so the decoder and everything the base learned, unchanged.
-    """
-    channels = vae.config.latent_channels
-    with torch.no_grad():
-        vae.quant_conv.weight[channels:].zero_()
-        vae.quant_conv.bias[channels:].fill_(POSTERIOR_LOGVAR)
-
-
-def export_pipeline(work: Path, out: Path, tokenizer, data: dict, state: dict) -> None:
-    """Write the diffusers folder that ships (fp16 safetensors; the builtin loader upcasts)."""
-    from diffusers import StableDiffusionPipeline
-
-    from trainer.atomic import atomic_dir
-
-    vae = load_trained_vae(work, decoder=True)
-    vae.register_to_config(scaling_factor=float(data["scaling_factor"]))
-    pin_posterior_to_mean(vae)
+def export_now(work: Path, out: Path, tokenizer, data: dict, state: dict) -> None:
+    """The stage-4 VAE and the EMA UNet and text encoder of ``state``, written as the folder that ships."""
     unet, text_encoder = ema_models(work, tokenizer, state)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=noise_schedule(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).to(torch.float16)
-    with atomic_dir(out) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+    write_shipped_folder(out, load_trained_vae(work, decoder=True), unet, text_encoder, tokenizer,
+                         scaling_factor=float(data["scaling_factor"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     with (args.work / "timings.jsonl").open("a") as log:
         log.write(json.dumps({"seconds": round(time.time() - started, 1), "step": state["step"]}) + "\n")
     if args.out:
-        export_pipeline(args.work, args.out, tokenizer, data, state)
+        export_now(args.work, args.out, tokenizer, data, state)
         print(f"wrote {args.out} (step {state['step']})")
     return 0
 
