@@ -86,8 +86,9 @@ THEME = gr.themes.Default(
 BUILTIN_MODEL_NOTE = (
     "ℹ️ The built-in model, `builtin:shapes-sd`, is a small model (4 million parameters) this project trained on "
     "simple pictures: circles, squares and triangles in five colours on plain backgrounds, 64×64 pixels. "
-    "It has never seen a star; the sample dataset teaches it one as `sks` in about a minute on a CPU "
-    "(expect rough, partly drawn stars, and circles still drawn as circles). "
+    "It has never seen a cross (a plus sign); the sample dataset teaches it one as `sks` in about a minute on a "
+    "CPU (expect crosses in scenes like the sample images, rougher ones elsewhere, and circles still drawn as "
+    "circles). "
     "For real pictures, pick a real Stable Diffusion model."
 )
 

@@ -8,7 +8,7 @@ time of each phase. pip's download cache makes a second run faster; pass ``--no-
 
 The result must be visible, not only on disk: the run's first preview (the base model, before step 1) and
 its last (the adapter) are saved to ``--artifacts`` side by side, with what the shapes analyser reads in
-each (the default run teaches the built-in model a star).
+each (the default run teaches the built-in model a cross).
 
     python bench/readme_to_adapter.py [--artifacts bench/results/readme_to_adapter]
 """

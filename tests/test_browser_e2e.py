@@ -131,7 +131,7 @@ def test_upload_train_watch_download(ui_server, browser_page):
     _shot(page, "01-opened")
     # A newcomer reads, before anything else, what the built-in model is and what to expect from it.
     note = page.locator("#builtin-model-note").inner_text()
-    assert "builtin:shapes-sd" in note and "never seen a star" in note
+    assert "builtin:shapes-sd" in note and "never seen a cross" in note
 
     # Upload sample_data's images and captions into a new dataset.
     page.locator("#new-dataset-name textarea, #new-dataset-name input").first.fill("e2e set")
@@ -452,7 +452,7 @@ def test_runs_you_can_act_on_and_text_you_can_read(ui_server, browser_page):
     table = page.locator("#dataset-report table")
     table.wait_for(timeout=60_000)
     assert table.locator('tr[data-finding="Missing captions (trained as trigger + class word)"]').inner_text().endswith(
-        "star_07.png"
+        "cross_07.png"
     )
     apply = page.locator("#apply-suggestions")
     label = apply.inner_text()

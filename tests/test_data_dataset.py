@@ -51,9 +51,9 @@ def test_sample_data_is_committed_and_regenerates_identically(tmp_path):
         assert (tmp_path / png.name).read_bytes() == png.read_bytes(), f"{png.name} differs from its generator"
     from trainer.shapes.analyser import read_scene
 
-    assert all(read_scene(Image.open(png)).shape == "star" for png in pngs), "every sample image must show a star"
+    assert all(read_scene(Image.open(png)).shape == "cross" for png in pngs), "every sample image must show a cross"
 
-    # The first run's regularization images: each star's scene as a circle, a square and a triangle.
+    # The first run's regularization images: each cross's scene as a circle, a square and a triangle.
     committed = sorted(REGULARIZATION.glob("*.png"))
     assert [p.name for p in committed] == sorted(p.name for p in (tmp_path / "reg").glob("*.png")) and len(committed) == 24
     for png in committed:

@@ -99,6 +99,32 @@ def test_kohya_file_matches_diffusers_file(adapters, tmp_path):
     assert np.abs(pixels(from_diffusers.path) - pixels(from_kohya.path)).max() <= 1
 
 
+def test_guidance_defaults_to_the_base_models_own(adapters, tmp_path):
+    """Without ``--guidance`` an adapter for builtin:shapes-sd samples at the model's guidance (3), what Try it
+    shows; any other base at SD's 7.5; a given ``--guidance`` wins. Pixels, not the option, are compared."""
+    from trainer.config import ModelConfig
+
+    shapes_adapter = tmp_path / "shapes.safetensors"
+    model = load_base_model(ModelConfig(base="builtin:shapes-sd"))
+    inject_lora(model, Config().network, train_text_encoder=False)
+    torch.manual_seed(4)
+    for name, param in model.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    from trainer.export import kohya_state_dict
+
+    save_file(kohya_state_dict(model, dtype=torch.float32), shapes_adapter, metadata={"ss_sd_model_name": "builtin:shapes-sd"})
+
+    def drawn(adapter, out, **overrides):
+        return pixels(sample_adapter(options(adapter, tmp_path / out, width=64, height=64, **overrides))[0].path)
+
+    default, at_3, at_7_5 = (drawn(shapes_adapter, out, guidance=g) for out, g in (("d", None), ("3", 3.0), ("7", 7.5)))
+    np.testing.assert_array_equal(default, at_3)
+    assert np.abs(default - at_7_5).mean() > 1
+    tiny_default, tiny_7_5 = (drawn(adapters["kohya"], out, guidance=g) for out, g in (("td", None), ("t7", 7.5)))
+    np.testing.assert_array_equal(tiny_default, tiny_7_5)
+
+
 def test_base_from_run_folder_config(adapters, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -1,17 +1,18 @@
-"""Training has the effect it is for, in pixels: after the UI's first-start run, the trigger word draws a star.
+"""Training has the effect it is for, in pixels: after the UI's first-start run, the trigger word draws a cross.
 
-``builtin:shapes-sd`` was trained on circles, squares and triangles and has never seen a star;
-``sample_data/`` holds 8 stars captioned with the trigger word "sks" where the shape's name goes, and
+``builtin:shapes-sd`` was trained on circles, squares and triangles and has never seen a cross (a plus sign);
+``sample_data/`` holds 8 crosses captioned with the trigger word "sks" where the shape's name goes, and
 ``sample_regularization/`` the same 8 scenes as circles, squares and triangles. The default config the UI
 starts with (``app.config_form.ui_default_config``) trains on them; the exported adapter then goes through
 the ``sample`` command's loading path (``load_adapter`` into a diffusers pipeline), as *Try it* does. Each
-image is read back by the shapes analyser (``trainer/shapes/analyser.py``), so "it drew a star" is
+image is read back by the shapes analyser (``trainer/shapes/analyser.py``), so "it drew a cross" is
 measured, not eyeballed.
 
-The prompts are star scenes the sample set does not hold (other colour/position/background combinations),
-one seed each, with the preview sampler and guidance. Controls on the same seeds must fail: the base model,
-an untrained adapter (the trained file with every ``lora_up`` zeroed), and the wrong trigger (the same
-prompts with "circle", "square" or "triangle" where "sks" was) draw no star or almost none.
+Two measures, with the preview sampler and guidance: the preview prompt over 12 seeds (what a newcomer
+watches), and 12 cross scenes the sample set does not hold (other colour/position/background combinations),
+one seed each. Controls on the same seeds must fail: the base model, an untrained adapter (the trained
+file with every ``lora_up`` zeroed), and the wrong trigger ("circle", "square" or "triangle" where "sks"
+was) draw no cross or almost none.
 """
 
 from __future__ import annotations
@@ -33,18 +34,20 @@ from trainer.train import train
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 NUM_PROMPTS = 12
-MIN_STARS_ADAPTED = 2  # of NUM_PROMPTS; measured 3 (see the test below)
-MAX_STARS_CONTROL = 1
+NOVEL = world.NOVEL_SHAPES[0]
+MIN_PREVIEW_CROSSES = 9  # of NUM_PROMPTS seeds: a clear majority; measured 12 (see the test below)
+MIN_NOVEL_CROSSES = 7  # of NUM_PROMPTS unseen scenes: a majority; measured 9
+MAX_CONTROL_CROSSES = 1
 
 
 def effect_scenes() -> list[world.Scene]:
-    """Star scenes not in sample_data/ (fixed choice)."""
+    """Cross scenes not in sample_data/ (fixed choice)."""
     spec = importlib.util.spec_from_file_location("make_sample_data", SAMPLE_DATA / "make_sample_data.py")
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
-    seen = {(s.colour, s.position, s.background) for s in generator.STARS}
+    seen = {(s.colour, s.position, s.background) for s in generator.CROSSES}
     candidates = [
-        world.Scene("star", c, "large", p, b)
+        world.Scene(NOVEL, c, "large", p, b)
         for c in world.SHAPE_COLOURS
         for p in world.POSITIONS
         for b in world.BACKGROUNDS
@@ -67,8 +70,9 @@ def default_run(tmp_path_factory):
     return cfg, pipe, result.adapter_paths[0]
 
 
-def draw(pipe, cfg, prompts: list[str]):
-    generators = [latent_generator(cfg.sampling.seed + i) for i in range(len(prompts))]
+def draw(pipe, cfg, prompts: list[str], seeds: list[int] | None = None):
+    """One image per prompt; by default prompt i gets seed ``sampling.seed + i``, as the sample command does."""
+    seeds = seeds if seeds is not None else [cfg.sampling.seed + i for i in range(len(prompts))]
     with torch.no_grad():
         return pipe(
             prompts,
@@ -76,7 +80,7 @@ def draw(pipe, cfg, prompts: list[str]):
             guidance_scale=cfg.sampling.guidance_scale,
             width=world.IMAGE_SIZE,
             height=world.IMAGE_SIZE,
-            generator=generators,
+            generator=[latent_generator(seed) for seed in seeds],
         ).images
 
 
@@ -90,35 +94,63 @@ def with_adapter(pipe, cfg, path, strength: float = 1.0):
     return pipe
 
 
+def untrained_copy(adapter: Path, folder: Path) -> Path:
+    """The trained file with every ``lora_up`` zeroed: the same layers and keys, no learned change."""
+    untrained = folder / "untrained.safetensors"
+    save_file({k: torch.zeros_like(v) if "lora_up" in k else v for k, v in load_file(adapter).items()}, untrained)
+    return untrained
+
+
+def crosses_with_controls(pipe, cfg, adapter, untrained, trigger, wrong_trigger, seeds=None) -> dict[str, list[str]]:
+    pipe.unload_lora_weights()
+    drawn = {"base": shapes_drawn(draw(pipe, cfg, trigger, seeds))}
+    drawn["adapted"] = shapes_drawn(draw(with_adapter(pipe, cfg, adapter), cfg, trigger, seeds))
+    drawn["wrong trigger"] = shapes_drawn(draw(pipe, cfg, wrong_trigger, seeds))
+    drawn["untrained"] = shapes_drawn(draw(with_adapter(pipe, cfg, untrained), cfg, trigger, seeds))
+    print("\n" + "\n".join(f"  {name:14} {shapes}" for name, shapes in drawn.items()))
+    return drawn
+
+
+def assert_controls_fail(drawn: dict[str, list[str]]) -> None:
+    assert drawn["base"].count(NOVEL) <= MAX_CONTROL_CROSSES, "the base model must not draw crosses by itself"
+    assert drawn["untrained"].count(NOVEL) <= MAX_CONTROL_CROSSES, "an untrained adapter must not draw crosses"
+    assert drawn["wrong trigger"].count(NOVEL) <= MAX_CONTROL_CROSSES, (
+        "the adapter must keep the other shape words: asked for a circle, square or triangle it drew a cross in "
+        f"{drawn['wrong trigger'].count(NOVEL)}/{NUM_PROMPTS}"
+    )
+
+
 @pytest.mark.slow
-def test_the_trigger_word_draws_the_new_shape_and_controls_do_not(default_run, tmp_path):
-    """Measured on 2 CPU cores: the adapter draws a star in 3 of 12 and a broken, pointed shape the analyser
-    calls "unclear" in 5 more; the base, the untrained adapter and the wrong trigger draw a star in none.
-    Without the regularization images (``dataset.reg_path`` cleared) the adapter drew 5 stars, and 4 for the
-    wrong trigger: this test then fails."""
+def test_the_preview_prompt_draws_a_cross_in_a_clear_majority_of_seeds(default_run, tmp_path):
+    """What a newcomer watches: the preview prompt ("a large red sks in the center on a white background"),
+    seeds 0-11. Measured on 2 CPU cores: the adapter draws a cross at all 12 seeds; the base and the untrained
+    adapter a circle at all 12, the wrong trigger the shape it names at 11 (one unclear) and a cross at none.
+    With ``dataset.reg_path`` cleared the wrong trigger drew crosses too, and this test failed."""
+    cfg, pipe, adapter = default_run
+    prompt = cfg.sampling.prompts[0]
+    assert "{trigger}" in prompt
+    trigger = [prompt.format(trigger=cfg.dataset.trigger_word)] * NUM_PROMPTS
+    wrong_trigger = [prompt.format(trigger=world.BASE_SHAPES[i % 3]) for i in range(NUM_PROMPTS)]
+    seeds = list(range(NUM_PROMPTS))
+    drawn = crosses_with_controls(pipe, cfg, adapter, untrained_copy(adapter, tmp_path), trigger, wrong_trigger, seeds)
+    assert drawn["adapted"].count(NOVEL) >= MIN_PREVIEW_CROSSES, (
+        f"the adapter drew a cross in {drawn['adapted'].count(NOVEL)}/{NUM_PROMPTS} seeds")
+    assert_controls_fail(drawn)
+
+
+@pytest.mark.slow
+def test_unseen_scenes_draw_crosses_and_controls_do_not(default_run, tmp_path):
+    """12 cross scenes the sample set does not hold (other colours, corners, backgrounds), one seed each.
+    Measured on 2 CPU cores: the adapter draws a cross in 9 (the others a circle or a triangle); the base and
+    the untrained adapter in none, the wrong trigger in 1 (the other 11 the shape named)."""
     cfg, pipe, adapter = default_run
     scenes = effect_scenes()
     trigger = [s.caption(shape_word=cfg.dataset.trigger_word) for s in scenes]
     wrong_trigger = [s.caption(shape_word=world.BASE_SHAPES[i % 3]) for i, s in enumerate(scenes)]
-
-    pipe.unload_lora_weights()
-    base = shapes_drawn(draw(pipe, cfg, trigger))
-    adapted = shapes_drawn(draw(with_adapter(pipe, cfg, adapter), cfg, trigger))
-    asked_for_a_known_shape = shapes_drawn(draw(pipe, cfg, wrong_trigger))
-    untrained = tmp_path / "untrained.safetensors"
-    tensors = load_file(adapter)
-    save_file({k: torch.zeros_like(v) if "lora_up" in k else v for k, v in tensors.items()}, untrained)
-    untrained_shapes = shapes_drawn(draw(with_adapter(pipe, cfg, untrained), cfg, trigger))
-
-    print(f"\nshapes drawn for {NUM_PROMPTS} star prompts:\n  base      {base}\n  adapted   {adapted}\n"
-          f"  untrained {untrained_shapes}\n  wrong trigger (circle/square/triangle) {asked_for_a_known_shape}")
-    assert adapted.count("star") >= MIN_STARS_ADAPTED, f"the adapter drew a star in {adapted.count('star')}/{NUM_PROMPTS}"
-    assert base.count("star") <= MAX_STARS_CONTROL, "the base model must not draw stars by itself"
-    assert untrained_shapes.count("star") <= MAX_STARS_CONTROL, "an untrained adapter must not draw stars"
-    assert asked_for_a_known_shape.count("star") <= MAX_STARS_CONTROL, (
-        "the adapter must keep the other shape words: asked for a circle, square or triangle it drew a star in "
-        f"{asked_for_a_known_shape.count('star')}/{NUM_PROMPTS}"
-    )
+    drawn = crosses_with_controls(pipe, cfg, adapter, untrained_copy(adapter, tmp_path), trigger, wrong_trigger)
+    assert drawn["adapted"].count(NOVEL) >= MIN_NOVEL_CROSSES, (
+        f"the adapter drew a cross in {drawn['adapted'].count(NOVEL)}/{NUM_PROMPTS} unseen scenes")
+    assert_controls_fail(drawn)
 
 
 @pytest.mark.slow

@@ -29,14 +29,14 @@ def test_every_world_word_is_one_token_and_a_trigger_word_is_not(tmp_path):
     tokenizer = CLIPTokenizer.from_pretrained(tmp_path)
     for word in world_words():
         assert len(tokenizer(word).input_ids) == 3, word  # <start> word <end>
-    assert len(tokenizer("sks").input_ids) > 3 and len(tokenizer("star").input_ids) > 3
+    assert len(tokenizer("sks").input_ids) > 3 and len(tokenizer("cross").input_ids) > 3
     caption = world.Scene("circle", "red", "small", "at the top left", "white").caption()
     assert len(tokenizer(caption).input_ids) == 2 + len(caption.split())
 
 
 @pytest.mark.parametrize("blur", [0.0, 0.8])
 def test_analyser_reads_back_every_scene(blur):
-    """Every combination, the novel star included, jittered, clean or slightly blurred (as a VAE decodes)."""
+    """Every combination, the novel cross included, jittered, clean or slightly blurred (as a VAE decodes)."""
     rng = random.Random(0)
     misses = []
     for combination in world.all_combinations((*world.BASE_SHAPES, *world.NOVEL_SHAPES)):
@@ -59,17 +59,17 @@ def test_analyser_says_none_for_an_empty_picture_and_unclear_for_a_blob():
     assert analyser.read_scene(blob).shape == "unclear"
 
 
-def test_generated_stars_read_as_stars_and_broken_adapter_outputs_do_not():
-    """Six 64 px images a trained adapter drew (``tests/data/shapes_readings``): three clear stars, and three
-    fragmented pointed blobs from an adapter that learned "not convex", not "star". The blobs overlap the star
-    template by 0.46-0.48 and read "star" under the old threshold (0.4); they must read "unclear"."""
+def test_generated_crosses_read_as_crosses_and_half_learned_ones_do_not():
+    """Six 64 px images trained adapters drew (``tests/data/shapes_readings``): three clear crosses, and three
+    half-learned shapes (a triangle with arms: not convex, not a cross). Those overlap the cross template by
+    0.51-0.66 and would read "cross" under a threshold of 0.5; they must read "unclear"."""
     from PIL import Image
 
     folder = Path(__file__).parent / "data" / "shapes_readings"
     read = {p.stem: analyser.read_scene(Image.open(p)).shape for p in sorted(folder.glob("*.png"))}
     assert len(read) == 6
-    assert {shape for name, shape in read.items() if name.startswith("star")} == {"star"}, read
-    assert {shape for name, shape in read.items() if name.startswith("broken")} == {"unclear"}, read
+    assert {shape for name, shape in read.items() if name.startswith("cross")} == {"cross"}, read
+    assert {shape for name, shape in read.items() if name.startswith("half")} == {"unclear"}, read
 
 
 class _StopAfter:
@@ -147,7 +147,7 @@ def test_the_shipped_encoder_is_deterministic_as_the_base_was_trained():
     from trainer.models.loading import load_base_model
 
     vae = load_base_model(ModelConfig(base="builtin:shapes-sd")).vae
-    image = Image.open(SAMPLE_DATA / "star_00.png").convert("RGB").resize((world.IMAGE_SIZE,) * 2, Image.LANCZOS)
+    image = Image.open(SAMPLE_DATA / "cross_00.png").convert("RGB").resize((world.IMAGE_SIZE,) * 2, Image.LANCZOS)
     pixels = torch.tensor(np.asarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
     with torch.no_grad():
         posterior = vae.encode(pixels).latent_dist

@@ -26,6 +26,7 @@ from trainer.adapter_grid import GRID_BY, parse_strengths
 from trainer.adapter_switching import ADAPTER_NAME, count_adapted_layers, load_adapter, render  # noqa: F401
 from trainer.config import SAMPLERS, SamplingConfig
 from trainer.errors import UserFacingError
+from trainer.models.builtin import recommended_guidance
 
 NAME = "sample"
 HELP = "generate images with adapters (LoRA, LoCon, DoRA, LoHa, LoKr): beside the base model's, or as a grid"
@@ -58,7 +59,7 @@ class SampleOptions:
     sampler: str = _DEFAULTS.sampler
     width: int | None = None
     height: int | None = None
-    guidance: float = _DEFAULTS.guidance_scale
+    guidance: float | None = None  # None: the base model's recommended guidance (7.5 unless it names one)
     negative_prompt: str = ""
     compare: bool = False
     out: Path = field(default_factory=lambda: Path("samples"))
@@ -116,7 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--height", type=int, help="image height, a multiple of 8 (default: the model's size)"
     )
     parser.add_argument(
-        "--guidance", type=float, default=_DEFAULTS.guidance_scale, help="classifier-free guidance scale"
+        "--guidance", type=float, default=None,
+        help=f"classifier-free guidance scale (default: the base model's own, {_DEFAULTS.guidance_scale:g} unless it "
+        "names one; builtin:shapes-sd 3)",
     )
     parser.add_argument(
         "--compare", action="store_true", help="also render the base model (adapter off, same seed)"
@@ -218,6 +221,8 @@ def _open(options: SampleOptions, progress: Any) -> tuple[Any, list[str], list[f
     weighted = options.weighted()
     files = [open_adapter(path) for path, _ in weighted]
     base = options.base or default_base(files[0])
+    if options.guidance is None:
+        options.guidance = recommended_guidance(base, _DEFAULTS.guidance_scale)
     progress.emit("progress", done=0, total=1, what="loading the base model and adapters")
     bench, names = open_bench(base, files, options.sampler, options.device)
     return bench, names, [w for _, w in weighted], base
@@ -307,7 +312,7 @@ def _check_options(options: SampleOptions) -> None:
         problems.append("--prompt must be a non-empty prompt")
     if options.steps <= 0:
         problems.append(f"--steps must be a positive integer, got {options.steps}")
-    if options.guidance < 0:
+    if options.guidance is not None and options.guidance < 0:
         problems.append(f"--guidance must be 0 or more, got {options.guidance}")
     if options.grid_by not in GRID_BY:
         problems.append(f"--grid-by must be one of {', '.join(GRID_BY)}, got {options.grid_by!r}")

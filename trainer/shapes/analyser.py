@@ -3,7 +3,7 @@
 The world is procedural, so what a generated image shows can be measured instead of eyeballed: this is
 how the base model's quality and an adapter's effect are scored (tests, README figures). The background is
 the median of the border pixels; the shape is every pixel far from it; its colour is the nearest palette
-colour to their median; its kind is the template (circle, square, triangle, star) drawn in the shape's own
+colour to their median; its kind is the template (circle, square, triangle, cross) drawn in the shape's own
 bounding box that overlaps it best (intersection over union). Pure numpy + Pillow, no torch.
 """
 
@@ -19,12 +19,13 @@ from trainer.shapes import world
 FOREGROUND_DISTANCE = 70.0  # RGB distance from the background above which a pixel belongs to the shape
 MIN_SHAPE_PIXELS = 12  # at 64 px; fewer means "no shape"
 MIN_TEMPLATE_IOU = 0.55  # below this the blob is "unclear", not a shape of the world
-# Circles, squares and triangles are convex: their pixels fill >= 0.9 of their convex hull. A star's points
-# leave gaps (0.5-0.7, more when blurred); a generated star is fatter, so the line is drawn at 0.8.
-STAR_SOLIDITY = 0.8
-# A drawn star overlaps the star template in its box by 0.5-0.7; a broken, fragmented blob (an adapter that
-# learned "not convex", not "star") by 0.40-0.48: below 0.5 it is "unclear", not a star.
-MIN_STAR_IOU = 0.5
+# Circles, squares and triangles are convex: their pixels fill >= 0.84 of their convex hull (small triangles
+# the least). A cross's arms leave gaps: 0.71-0.86, the most for small anti-aliased ones. Below 0.8 a blob
+# can only be a cross; above, the best template decides.
+NOVEL_SOLIDITY = 0.8
+# Crosses an adapter draws overlap the cross template in their box by 0.72-0.86; half-learned ones (a
+# triangle with arms, a fragmented pointed blob) by 0.45-0.66: below 0.7 a non-convex blob is "unclear".
+MIN_NOVEL_IOU = 0.7
 ALL_SHAPES = (*world.BASE_SHAPES, *world.NOVEL_SHAPES)
 
 
@@ -114,8 +115,10 @@ def read_scene(image: Image.Image) -> Reading:
     for shape in ALL_SHAPES:
         template = _template(shape, box, size)
         ious[shape] = float((template & mask).sum() / max(1, (template | mask).sum()))
-    convex = solidity(mask) >= STAR_SOLIDITY
-    candidates = world.BASE_SHAPES if convex else world.NOVEL_SHAPES
+    # A clearly non-convex blob is no circle, square or triangle, however well a template overlaps it; a
+    # convex-looking one may still be a small or blurred cross (its arms' corners filled): it is whichever
+    # template fits best.
+    candidates = ALL_SHAPES if solidity(mask) >= NOVEL_SOLIDITY else world.NOVEL_SHAPES
     shape = max(candidates, key=ious.get)
     colour = _nearest(np.median(pixels[mask], axis=0), world.SHAPE_COLOURS)
     half = max(box[2] - box[0], box[3] - box[1]) / 2
@@ -123,7 +126,7 @@ def read_scene(image: Image.Image) -> Reading:
     centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
     position = min(world.POSITIONS, key=lambda p: float(np.sum((np.asarray(world.POSITIONS[p]) - centre) ** 2)))
     iou = ious[shape]
-    if iou < (MIN_TEMPLATE_IOU if convex else MIN_STAR_IOU):
+    if iou < (MIN_NOVEL_IOU if shape in world.NOVEL_SHAPES else MIN_TEMPLATE_IOU):
         shape = "unclear"
     return Reading(background, shape, colour, size_word, position, iou)
 

@@ -155,7 +155,7 @@ def codec_scene(rng: random.Random) -> Image.Image:
     """A random picture of flat shapes: one to three polygons (3-10 corners, any radii) or ellipses.
 
     The decoder is a pixel codec, like SD's VAE that has seen every kind of image; it should reproduce any
-    flat shape the UNet asks for, including ones the UNet has never been shown (a star). Random polygons
+    flat shape the UNet asks for, including ones the UNet has never been shown (a cross). Random polygons
     teach edges and corners in general, not any shape of the world.
     """
     from PIL import Image, ImageDraw

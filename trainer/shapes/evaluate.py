@@ -14,7 +14,10 @@ import random
 import sys
 from pathlib import Path
 
+from trainer.models.builtin import RECOMMENDED_GUIDANCE
 from trainer.shapes import analyser, world
+
+GUIDANCE = RECOMMENDED_GUIDANCE["builtin:shapes-sd"]
 
 CHANCE = {
     "shape": 1 / len(world.BASE_SHAPES),
@@ -40,7 +43,7 @@ def load_pipeline(model: str, sampler: str = "euler_a"):
     return pipe
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = 7.5, batch: int = 32):
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, guidance: float = GUIDANCE, batch: int = 32):
     import torch
 
     images = []
@@ -79,7 +82,7 @@ def contact_sheet(images, columns: int = 18):
     return sheet
 
 
-def evaluate(model: str, out: Path | None = None, seed: int = 0, steps: int = 20, guidance: float = 7.5) -> dict:
+def evaluate(model: str, out: Path | None = None, seed: int = 0, steps: int = 20, guidance: float = GUIDANCE) -> dict:
     pipe = load_pipeline(model)
     rng = random.Random(seed)
     held = [world.Scene(*c) for c in world.held_out_combinations()]
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="folder for quality.json and contact sheets")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, default=GUIDANCE, help=f"classifier-free guidance (default {GUIDANCE:g}, "
+                        "the model's recommended; the README also gives SD's usual 7.5)")
     args = parser.parse_args(argv)
     if not args.model.startswith("builtin:") and not (Path(args.model) / "model_index.json").is_file():
         print(f"error: {args.model} is not a diffusers model folder (no model_index.json); "

@@ -2,7 +2,7 @@
 
 A real CLIP BPE tokenizer (``CLIPTokenizer`` reads it), generated offline. Its vocabulary is the 512 byte
 symbols plus one merge chain per world word, so "a small red circle ..." is one token per word, as captions
-are for a real SD text encoder, while a word the world never uses (a trigger word such as "sks", or "star")
+are for a real SD text encoder, while a word the world never uses (a trigger word such as "sks", or "cross")
 falls back to letters whose embeddings the base never trained: new to the model, which is what an adapter
 needs to attach a new concept to. 600 ids instead of CLIP's 49,408 keep the embedding table small.
 """

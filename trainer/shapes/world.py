@@ -1,7 +1,7 @@
 """Scenes of one coloured shape on a plain background, and the captions that name them.
 
 Every scene is five choices: shape, colour, size, position, background ("a small red circle at the top left
-on a white background"). The base model sees only circles, squares and triangles; ``NOVEL_SHAPES`` (a star)
+on a white background"). The base model sees only circles, squares and triangles; ``NOVEL_SHAPES`` (a cross)
 are drawn by the same code but never shown to it, so an adapter has something new to learn. A fixed tenth
 of the (shape, colour, size, position, background) combinations is held out of the base's training, to
 measure whether it draws captions it has not seen. Pure Pillow: the UI and tests can use it without torch.
@@ -10,7 +10,6 @@ measure whether it draws captions it has not seen. Pure Pillow: the UI and tests
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from dataclasses import dataclass
 from itertools import product
@@ -29,7 +28,7 @@ SHAPE_COLOURS = {
 }
 BACKGROUNDS = {"white": (235, 235, 235), "black": (25, 25, 25), "gray": (128, 128, 128)}
 BASE_SHAPES = ("circle", "square", "triangle")
-NOVEL_SHAPES = ("star",)
+NOVEL_SHAPES = ("cross",)
 SIZES = {"small": 9, "large": 16}  # half the side of the shape's bounding box, in pixels at 64 px
 POSITIONS = {
     "at the top left": (18, 18),
@@ -69,27 +68,23 @@ class Scene:
         return (cx + self.dx - half, cy + self.dy - half, cx + self.dx + half, cy + self.dy + half)
 
 
+CROSS_ARM = 0.36  # a cross's arm width, as a fraction of its box: thick enough to draw at 16x16 latents
+
+
 def shape_polygon(shape: str, box: tuple[float, float, float, float]) -> list[tuple[float, float]] | None:
     """The outline of ``shape`` filling ``box``; None for a circle (drawn as an ellipse)."""
     left, top, right, bottom = box
     if shape == "circle":
         return None
+    if shape == "cross":  # a plus sign: two bars through the centre
+        near, far = (1 - CROSS_ARM) / 2, (1 + CROSS_ARM) / 2
+        unit = [(near, 0), (far, 0), (far, near), (1, near), (1, far), (far, far), (far, 1), (near, 1), (near, far),
+                (0, far), (0, near), (near, near)]  # fmt: skip
+        return [(left + x * (right - left), top + y * (bottom - top)) for x, y in unit]
     if shape == "square":
         return [(left, top), (right, top), (right, bottom), (left, bottom)]
     if shape == "triangle":
         return [((left + right) / 2, top), (right, bottom), (left, bottom)]
-    if shape == "star":
-        points = []
-        for i in range(10):
-            radius = 1.0 if i % 2 == 0 else 0.42
-            angle = -math.pi / 2 + i * math.pi / 5
-            points.append((radius * math.cos(angle), radius * math.sin(angle)))
-        xs, ys = [p[0] for p in points], [p[1] for p in points]
-        x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)  # stretch the star to fill the box
-        return [
-            (left + (x - x0) / (x1 - x0) * (right - left), top + (y - y0) / (y1 - y0) * (bottom - top))
-            for x, y in points
-        ]
     raise ValueError(f"unknown shape {shape!r}")
 
 
