@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from app.run_view import RunView
+from trainer.prompt_options import parse_prompt
 from trainer.run_folder import CONFIG_FILE
 
 FILE_ROUTE = "/gradio_api/file="
@@ -101,6 +102,22 @@ def run_facts(run_dir: Path, view: RunView) -> RunFacts:
             base = ""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else ""
     return RunFacts(when, base)
+
+
+def try_it_prompt(run_dir: Path) -> str:
+    """The prompt *Try it* starts from: the run's first preview prompt (the one its previews showed), trigger
+    word filled in and sd-scripts options dropped; the trigger word alone when the run had no previews.
+    A bare trigger word is a poor prompt for a model that learned a concept in scenes (``builtin:shapes-sd``
+    draws its default scene for "sks" and no cross)."""
+    try:
+        config = tomllib.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        config = {}
+    trigger = str(config.get("dataset", {}).get("trigger_word", "") or "sks")
+    prompts = config.get("sampling", {}).get("prompts") or []
+    if not prompts or not isinstance(prompts[0], str):
+        return trigger
+    return parse_prompt(prompts[0].replace("{trigger}", trigger)).prompt or trigger
 
 
 def adapter_shape_html(view: RunView) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from app.datasets import DatasetStore
 from app.jobs import JobManager
 from app.run_actions import delete_run, request_sample, resume_run, run_actions
-from app.run_detail import preview_grid, preview_grid_html, run_facts
+from app.run_detail import preview_grid, preview_grid_html, run_facts, try_it_prompt
 from app.run_status import RunStatus
 from app.run_view import load_view
 from app.studio import Settings, Studio
@@ -168,3 +168,26 @@ def test_a_run_that_failed_before_its_first_event_shows_start_and_base_model(tmp
     frame = runs_table(studio.runs()).data
     row = frame[frame["run"] == "early-fail"].iloc[0]
     assert row["base model"] == "/models/sd15" and row["started"] == facts.started
+
+
+def test_try_it_starts_from_the_runs_preview_prompt(tmp_path):
+    """The first run's Try it prompt is the scene its previews showed, not the bare trigger word (for which
+    builtin:shapes-sd draws its default scene and no cross); sd-scripts options are not part of a prompt."""
+    from trainer.presets import DEMO_PRESET, preset_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(dumps_config(preset_config(DEMO_PRESET)), encoding="utf-8")
+    assert try_it_prompt(run) == "a large red sks in the center on a white background"
+
+    cfg = Config()
+    cfg.dataset.trigger_word = "ohwx"
+    cfg.sampling.prompts = ["photo of {trigger} dog --n blurry --s 30 --d 7", "second"]
+    (run / "config.toml").write_text(dumps_config(cfg), encoding="utf-8")
+    assert try_it_prompt(run) == "photo of ohwx dog"
+
+    cfg.sampling.prompts = []
+    (run / "config.toml").write_text(dumps_config(cfg), encoding="utf-8")
+    assert try_it_prompt(run) == "ohwx"
+    (run / "config.toml").write_text("not [ toml", encoding="utf-8")
+    assert try_it_prompt(run) == "sks"

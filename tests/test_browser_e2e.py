@@ -214,7 +214,11 @@ def test_upload_train_watch_download(ui_server, browser_page):
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys)
     assert metadata["ss_network_module"] == "lycoris.kohya" and '"algo": "loha"' in metadata["ss_network_args"]
 
-    # "Try it": base and adapted images side by side, rendered by a trainer process.
+    # "Try it": base and adapted images side by side, rendered by a trainer process. It starts from the run's
+    # preview prompt (what the previews showed), not the bare trigger word.
+    page.wait_for_function(
+        "() => document.querySelector('#try-prompt textarea').value === 'a large red sks in the center on a white background'"
+    )
     page.locator("#try-prompt textarea, #try-prompt input").first.fill("sks, a red circle")
     page.locator("#try-generate").click()
     page.wait_for_function("() => document.querySelectorAll('#try-gallery img').length >= 2", timeout=TRAIN_TIMEOUT_MS)

@@ -11,7 +11,14 @@ import pandas as pd
 
 from app.health_view import health_table_html
 from app.run_actions import delete_run, request_sample, resume_run, run_actions
-from app.run_detail import adapter_shape_html, preview_grid, preview_grid_html, run_config_text, run_facts
+from app.run_detail import (
+    adapter_shape_html,
+    preview_grid,
+    preview_grid_html,
+    run_config_text,
+    run_facts,
+    try_it_prompt,
+)
 from app.run_status import RunStatus, run_info_html
 from app.run_view import RunView, best_checkpoint, load_view, loss_rows, tracking_hint
 from app.trainer_calls import try_adapter
@@ -20,7 +27,7 @@ if TYPE_CHECKING:
     from app.studio import Studio
 
 DETAIL_POLL_S = 5.0  # the detail view and table follow a running run this often (each redraw costs the browser CPU)
-
+TRY_IT_DEFAULT_PROMPT = "sks"  # until a run is picked; then its preview prompt
 
 RUNS_COLUMNS = ["run", "status", "steps", "final loss", "started", "base model"]
 
@@ -77,7 +84,8 @@ def build(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
     timer = gr.Timer(DETAIL_POLL_S, active=False)  # on while the picked run trains: the grid and loss follow it
     with gr.Accordion("Try it: base vs. adapted, same seed", open=True):
         with gr.Row():
-            prompt = gr.Textbox(label="Prompt", value="sks", scale=3, elem_id="try-prompt")
+            prompt = gr.Textbox(label="Prompt", value=TRY_IT_DEFAULT_PROMPT, scale=3, elem_id="try-prompt")
+            filled_prompt = gr.State("")  # the prompt last filled in from a run, replaced on the next pick
             seed = gr.Number(1234, precision=0, label="Seed", scale=1)
             strength = gr.Slider(0, 2, 1.0, step=0.05, label="LoRA strength", scale=2)
             steps = gr.Slider(1, 50, 20, step=1, label="Steps", scale=2)
@@ -142,6 +150,15 @@ def build(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
             return result.message, frame, pick_update, *detail
         return handler
 
+    def prompt_for_run(name: str | None, current: str, filled: str):
+        """Try it starts from the picked run's preview prompt, so base vs. adapted shows what it learned. A
+        prompt the user typed is kept: only the default or the last prompt filled in here is replaced (the
+        pick also changes when the table refreshes)."""
+        if not name or (current or "").strip() not in {"", TRY_IT_DEFAULT_PROMPT, filled}:
+            return gr.skip(), gr.skip()
+        suggested = try_it_prompt(studio.settings.runs_dir / name)
+        return suggested, suggested
+
     def do_try(name: str | None, text: str, seed_value: float, strength_value: float, steps_value: float):
         if not name:
             return [], "Pick a run first."
@@ -150,13 +167,14 @@ def build(studio: Studio) -> tuple[Any, list[Any], list[Any]]:
         if adapter is None:
             return [], "This run has no adapter yet."
         out = studio.settings.runs_dir / name / "try-it"
-        images, message = try_adapter(adapter, text or "sks", int(seed_value or 0), strength_value, int(steps_value), out)
+        images, message = try_adapter(adapter, text or TRY_IT_DEFAULT_PROMPT, int(seed_value or 0), strength_value, int(steps_value), out)
         return [(str(image.path), image.caption) for image in images], message
 
     outputs = [table, pick, *detail_outputs]
     refresh.click(list_and_choose, pick, outputs)
     table.select(on_row, None, pick)
     pick.change(choose, pick, detail_outputs)
+    pick.change(prompt_for_run, [pick, prompt, filled_prompt], [prompt, filled_prompt])
     timer.tick(list_and_choose, pick, outputs, show_progress="hidden")  # the table's status and steps too
     resume.click(act(resume_run), pick, [action_message, *outputs])
     delete.click(act(delete_run), pick, [action_message, *outputs])
