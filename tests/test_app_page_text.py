@@ -106,10 +106,10 @@ def test_captions_edited_beside_their_images_are_saved_by_name(tmp_path):
     store = DatasetStore(tmp_path / "data")
     name = store.create("dogs")
     sample = Path(__file__).resolve().parents[1] / "sample_data"
-    store.add_files(name, [(p.name, p) for p in sorted(sample.glob("star_0[01].*"))])
+    store.add_files(name, [(p.name, p) for p in sorted(sample.glob("cross_0[01].*"))])
     items = store.items(name)
     labels = [image_label(item) for item in items]
-    assert labels[0] == "star_00.png (128×128)"
+    assert labels[0] == "cross_00.png (128×128)"
     edited = [items[0].caption, "a new caption for the second"]
     assert caption_edits(items, labels, edited) == {items[1].image: "a new caption for the second"}
     assert caption_edits(items, labels, [item.caption for item in items]) == {}

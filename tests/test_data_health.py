@@ -70,7 +70,7 @@ def names(paths: list[str]) -> list[str]:
 def test_sample_data_report_is_clean(tokenizer):
     report = health_report(SAMPLE, DatasetConfig(), tokenizer)
     assert report.ok and report.num_images == 8 and report.num_captioned == 7
-    assert names(report.missing_captions) == ["star_07.png"]
+    assert names(report.missing_captions) == ["cross_07.png"]
     assert report.resolution_histogram == {"128x128": 8}
     assert report.near_duplicates == [] and report.small_images == [] and report.unreadable == []
     assert report.long_captions == [] and report.token_limit == 77 and report.warnings == [] and report.problems == []

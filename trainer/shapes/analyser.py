@@ -24,7 +24,7 @@ MIN_TEMPLATE_IOU = 0.55  # below this the blob is "unclear", not a shape of the 
 # can only be a cross; above, the best template decides.
 NOVEL_SOLIDITY = 0.8
 # Crosses an adapter draws overlap the cross template in their box by 0.72-0.86; half-learned ones (a
-# triangle with arms, a fragmented pointed blob) by 0.45-0.66: below 0.7 a non-convex blob is "unclear".
+# triangle with arms, a fragmented pointed blob) by 0.45-0.66: a blob read as a cross below 0.7 is "unclear".
 MIN_NOVEL_IOU = 0.7
 ALL_SHAPES = (*world.BASE_SHAPES, *world.NOVEL_SHAPES)
 
