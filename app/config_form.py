@@ -18,6 +18,7 @@ from trainer.config import (
     Config,
     ConfigError,
     FieldInfo,
+    SamplingConfig,
     config_from_dict,
     config_to_dict,
     dumps_config,
@@ -25,7 +26,8 @@ from trainer.config import (
     preset_config,
     validate,
 )
-from trainer.presets import DEMO_PRESET, DEMO_REGULARIZATION
+from trainer.models.builtin import RECOMMENDED_GUIDANCE, recommended_guidance
+from trainer.presets import DEMO_BASE, DEMO_PRESET, DEMO_REGULARIZATION
 
 # The demo's regularization images, in the repository beside sample_data/.
 SAMPLE_REGULARIZATION = Path(__file__).resolve().parents[1] / DEMO_REGULARIZATION
@@ -113,6 +115,24 @@ def apply_preset(cfg: Config, preset: str) -> Config:
     for section, values in PRESETS[preset].items():
         current[section].update({k: fresh[section][k] for k in values})
     return config_from_dict(current)
+
+
+def settings_for_new_base(cfg: Config) -> tuple[Config, list[str]]:
+    """When the form's base leaves builtin:shapes-sd, what only made sense for it goes, and each change is
+    said: the first run's regularization folder (circles, squares and triangles; kept, the pre-flight check
+    refuses it for another base) is cleared, and guidance still at that model's own 3 returns to the new
+    base's (SD's 7.5). ``cfg`` already holds the new base."""
+    if cfg.model.base == DEMO_BASE:
+        return cfg, []
+    changes = []
+    if Path(cfg.dataset.reg_path.strip()).name == DEMO_REGULARIZATION:
+        changes.append(f"dataset.reg_path: {cfg.dataset.reg_path!r} → '' (images made for {DEMO_BASE})")
+        cfg.dataset.reg_path = ""
+    guidance = recommended_guidance(cfg.model.base, SamplingConfig().guidance_scale)
+    if cfg.sampling.guidance_scale == RECOMMENDED_GUIDANCE[DEMO_BASE] != guidance:
+        changes.append(f"sampling.guidance_scale: {cfg.sampling.guidance_scale:g} → {guidance:g} ({DEMO_BASE}'s own was 3)")
+        cfg.sampling.guidance_scale = guidance
+    return cfg, changes
 
 
 def preset_changes(before: Config, after: Config) -> list[str]:

@@ -15,6 +15,7 @@ from app.config_form import (
     config_to_toml_text,
     config_to_values,
     form_fields,
+    settings_for_new_base,
     ui_default_config,
     unique_run_name,
     values_to_config,
@@ -249,3 +250,26 @@ def test_default_config_is_valid(tmp_path):
     values = config_to_values(cfg)
     back, problems = values_to_config(values, tmp_path)
     assert problems == [] and back.model.base == "builtin:shapes-sd" and back.export.format == "both"
+
+
+def test_a_new_base_drops_what_was_made_for_the_shapes_model(tmp_path):
+    """Changing the first run's base to a real model clears the demo's regularization folder (which the
+    pre-flight check would refuse) and its guidance of 3, and says so; other settings and a base that stays
+    builtin:shapes-sd are left alone."""
+    from trainer.preflight import demo_regularization_problem
+
+    cfg = ui_default_config(tmp_path / "runs", tmp_path / "data")
+    same, none = settings_for_new_base(ui_default_config(tmp_path / "runs", tmp_path / "data"))
+    assert none == [] and same.dataset.reg_path.endswith("sample_regularization")
+    cfg.model.base = "/models/sd15"
+    assert demo_regularization_problem(cfg) is not None
+    adjusted, changes = settings_for_new_base(cfg)
+    assert adjusted.dataset.reg_path == "" and adjusted.sampling.guidance_scale == 7.5
+    assert [c.split(":")[0] for c in changes] == ["dataset.reg_path", "sampling.guidance_scale"]
+    assert demo_regularization_problem(adjusted) is None
+    assert adjusted.optimizer.learning_rate == 1e-3 and adjusted.dataset.prior_loss_weight == 1.0
+
+    cfg = ui_default_config(tmp_path / "runs", tmp_path / "data")
+    cfg.model.base, cfg.dataset.reg_path, cfg.sampling.guidance_scale = "/models/sd15", "/data/dogs", 5.0
+    kept, changes = settings_for_new_base(cfg)
+    assert changes == [] and kept.dataset.reg_path == "/data/dogs" and kept.sampling.guidance_scale == 5.0

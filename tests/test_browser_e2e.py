@@ -236,6 +236,12 @@ def test_bad_model_path_is_refused_beside_start(ui_server, browser_page):
     base = page.locator("#cfg-model-base input").first
     base.fill(str(missing))
     base.press("Enter")  # a custom value of the model dropdown is committed on Enter
+    # What was made for the built-in shapes model goes with it, and the page says so.
+    message = page.locator("#config-message")
+    message.get_by_text("dataset.reg_path").wait_for()
+    assert "sampling.guidance_scale" in message.inner_text()
+    page.get_by_text("More dataset settings").click()
+    assert page.locator("#cfg-dataset-reg_path textarea, #cfg-dataset-reg_path input").first.input_value() == ""
     page.locator("#cfg-run-name textarea, #cfg-run-name input").first.fill("refused-run")
     clicked = time.monotonic()
     page.locator("#start-btn").click()

@@ -16,6 +16,7 @@ from app.config_form import (
     config_to_values,
     preset_changes,
     section_title,
+    settings_for_new_base,
     unique_run_name,
     values_to_config,
 )
@@ -198,6 +199,20 @@ def build(studio: Studio, fields: list) -> list[Any]:
         said = f"Preset **{name}** changed {len(changed)} setting(s):\n{listed}" if changed else f"Preset **{name}** changed nothing."
         return [*config_to_values(preset_cfg), said]
 
+    def do_base_changed(*values):
+        """A new base in the form: settings made for the built-in shapes model go, and the form says which.
+        Only the changed fields are sent back, so what the user types meanwhile elsewhere is kept."""
+        cfg, _ = values_to_config(list(values), studio.settings.runs_dir)
+        if cfg is None:
+            return [gr.skip()] * (len(values) + 1)
+        before = config_to_values(cfg)
+        adjusted, changed = settings_for_new_base(cfg)
+        if not changed:
+            return [gr.skip()] * (len(values) + 1)
+        updates = [new if new != old else gr.skip() for old, new in zip(before, config_to_values(adjusted), strict=True)]
+        listed = "\n".join(f"- `{change}`" for change in changed)
+        return [*updates, f"For base **{adjusted.model.base}**, changed:\n{listed}"]
+
     def do_save_config(*values):
         cfg, problems = values_to_config(list(values), studio.settings.runs_dir)
         if cfg is None:
@@ -284,6 +299,8 @@ def build(studio: Studio, fields: list) -> list[Any]:
     apply_preset_button.click(do_preset, [preset, *widgets], [*widgets, preset_message])
     save_config.click(do_save_config, widgets, save_config)
     load_config.upload(do_load_config, load_config, [*widgets, config_message])
+    base_widget = widgets[[field.key for field in fields].index("model.base")]
+    base_widget.input(do_base_changed, widgets, [*widgets, config_message])
     timer.tick(
         refresh, [seen, queued_pick, stopping],
         [progress, outcome, oom_row, *oom_buttons.values(), loss_plot, lr_plot, charts_hint, previews, queue_table, log_tail, queued_pick, start_message, stopping,
