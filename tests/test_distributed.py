@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,46 @@ def test_an_fsdp_accelerate_config_file_is_refused_before_a_run_folder_exists(tm
     assert "error: the accelerate config asks for FSDP" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr.split("error: the accelerate config")[0][-500:]
     assert not (tmp_path / "runs" / "fsdp").exists(), "refused before a run folder is made"
+
+
+STOP_ON_ONE_RANK = """
+import itertools, os, sys
+import trainer.run_folder as R
+from trainer.cli import main
+
+# Rank 1 alone is asked to stop, at its third step: as when it reads the STOP file a moment before rank 0.
+calls = itertools.count()
+R.StopRequest.requested = property(
+    lambda self: os.environ.get("RANK") == "1" and not self.immediate and next(calls) >= 2
+)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_seen_by_one_process_stops_all_at_the_same_step(tmp_path):
+    """Every process reads the STOP file on its own. Under the shared decision the run stops at step 3, saved,
+    and says so. Without it rank 1 left the loop alone and rank 0 crashed in its next backward ("Connection
+    closed by peer"): exit 1, no adapter; a launch that hangs instead fails at the timeout."""
+    script = tmp_path / "stop_on_one_rank.py"
+    script.write_text(STOP_ON_ONE_RANK)
+    config = tmp_path / "cfg.toml"
+    config.write_text("")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port())]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    proc = subprocess.Popen([*launch, str(script), "train", str(config), "--no-progress", *_settings(tmp_path / "runs", "stop")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail("the processes did not stop together (hung): " + out[-2000:])
+    assert proc.returncode == 0, out[-3000:]
+    finished = [e for e in read_events(tmp_path / "runs" / "stop") if e["type"] == "finished"]
+    assert [(e["status"], e["step"]) for e in finished] == [("stopped", 3)], finished
+    assert (tmp_path / "runs" / "stop" / "stop.safetensors").is_file(), "a stopped run keeps its adapter"

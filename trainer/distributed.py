@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 # Environment variables a launcher (torchrun / accelerate launch / mpirun) sets for every process it starts.
 WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -163,3 +164,18 @@ def resume_position(
         f"`accelerate launch --num_processes {saved_processes}` to continue it exactly"
     )
     return ResumePosition(local, message)
+
+
+def agree_to_stop(accelerator: Any, requested: bool) -> bool:
+    """Whether every process stops after this step: yes as soon as any one of them was asked to.
+
+    Each process reads the STOP file and its own signals, and one of them can see a stop a step before the
+    others. Leaving the loop alone, it left the rest in the next step's gradient all-reduce without it: on
+    gloo they crashed ("Connection closed by peer") instead of saving the stopped run. Accelerate's trigger
+    (an all-reduce of one flag) makes it one decision; a single process needs none.
+    """
+    if accelerator.num_processes == 1:
+        return requested
+    if requested:
+        accelerator.set_trigger()
+    return accelerator.check_trigger()

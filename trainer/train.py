@@ -24,7 +24,7 @@ from trainer.checkpoint import (
 from trainer.conditioning import TextEmbeddings, encode_text, unet_conditioning
 from trainer.config import Config, ConfigError, validate
 from trainer.disk_full import DiskFullError, disk_full_error, folder_size, looks_like_disk_full
-from trainer.distributed import global_micro_batch, micro_batch_seed
+from trainer.distributed import agree_to_stop, global_micro_batch, micro_batch_seed
 from trainer.errors import UserFacingError
 from trainer.events import EventWriter
 from trainer.networks import is_adapter_param
@@ -269,12 +269,13 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
             if end_of_epoch:
                 s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
             read = loss_due(s, end_of_epoch)
-            if read or stop.requested:
+            stopping = agree_to_stop(acc, stop.requested)  # all processes leave at the same step
+            if read or stopping:
                 last_loss = mean_loss(s, step_loss, over_processes=read)
                 check_finite(last_loss, s.progress.step, cfg)
             report_step(s, bar, meter, last_loss if read else None)
-            if stop.requested:
-                s.log.info("stop requested (%s) at step %d: saving", stop.reason, s.progress.step)
+            if stopping:
+                s.log.info("stop requested (%s) at step %d: saving", stop.reason or "by another process", s.progress.step)
                 status = "stopped"
                 break
             if s.progress.step >= s.total_steps:
