@@ -6,9 +6,7 @@ exported adapter. It raises user-facing errors after recording them as a ``finis
 
 from __future__ import annotations
 
-import math
 import os
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,6 @@ from trainer.run_folder import (
 )
 from trainer.run_lock import RunLock
 from trainer.run_outputs import (
-    every,
     export_adapters,
     make_checkpoint,
     make_previews,
@@ -47,12 +44,16 @@ from trainer.run_outputs import (
 )
 from trainer.session import Session, setup
 from trainer.speed import to_device
+from trainer.step_report import (  # noqa: F401  (TrainingDiverged: callers import it from here)
+    RateMeter,
+    TrainingDiverged,
+    check_finite,
+    loss_due,
+    mean_loss,
+    report_step,
+)
 
 _CPU = torch.device("cpu")
-
-
-class TrainingDiverged(UserFacingError):
-    """The loss became NaN or infinite."""
 
 
 class OutOfMemory(UserFacingError):
@@ -269,12 +270,14 @@ def run_loop(s: Session, stop: StopRequest, show_progress: bool) -> TrainResult:
             if end_of_epoch:
                 s.progress.epoch, s.progress.batch_in_epoch = s.progress.epoch + 1, 0
             read = loss_due(s, end_of_epoch)
-            stopping = agree_to_stop(acc, stop.requested)  # all processes leave at the same step
-            if read or stopping:
-                last_loss = mean_loss(s, step_loss, over_processes=read)
+            if read:
+                last_loss = mean_loss(s, step_loss, over_processes=True)
                 check_finite(last_loss, s.progress.step, cfg)
             report_step(s, bar, meter, last_loss if read else None)
-            if stopping:
+            if agree_to_stop(acc, stop.requested):  # all processes leave after the same step
+                if not read:  # the step's own loss for the finished event: this process's, no collective
+                    last_loss = mean_loss(s, step_loss, over_processes=False)
+                    check_finite(last_loss, s.progress.step, cfg)
                 s.log.info("stop requested (%s) at step %d: saving", stop.reason or "by another process", s.progress.step)
                 status = "stopped"
                 break
@@ -299,23 +302,6 @@ def seed_micro_batch(s: Session) -> None:
     acc = s.accelerator
     index = global_micro_batch(s.progress.batch_in_epoch, acc.process_index, acc.num_processes)
     torch.manual_seed(micro_batch_seed(s.cfg.training.seed, s.progress.epoch, index))
-
-
-def loss_due(s: Session, end_of_epoch: bool) -> bool:
-    """Steps whose loss is read: logged steps, the last step, and before a checkpoint or an epoch's end (a
-    diverged run must not save NaN weights). The same steps on every process (the read is collective)."""
-    step, cfg = s.progress.step, s.cfg
-    return (
-        every(cfg.training.log_every, step) or step >= s.total_steps or end_of_epoch
-        or every(cfg.checkpoint.every_n_steps, step)
-    )
-
-
-def mean_loss(s: Session, loss: torch.Tensor, over_processes: bool) -> float:
-    """The step's loss as a number: the mean over processes (what one process with their batches would see)."""
-    if over_processes and s.accelerator.num_processes > 1:
-        loss = s.accelerator.reduce(loss.reshape(1), reduction="mean")
-    return float(loss.reshape(-1)[0].item())
 
 
 def average_text_encoder_grads(s: Session) -> None:
@@ -345,56 +331,6 @@ class _null:
 
     def __exit__(self, *exc):
         return False
-
-
-def check_finite(loss: float, step: int, cfg: Config) -> None:
-    if math.isfinite(loss):
-        return
-    hints = ["lower `optimizer.learning_rate` (try a tenth)"]
-    if cfg.training.mixed_precision == "fp16":
-        hints.append("use `training.mixed_precision = \"bf16\"` (or \"no\"): fp16 overflows")
-    if not cfg.optimizer.max_grad_norm:
-        hints.append("set `optimizer.max_grad_norm = 1.0`")
-    hints.append("check the dataset for broken images")
-    raise TrainingDiverged(f"the loss became {loss} at step {step}; training stopped. Try: " + "; ".join(hints))
-
-
-class RateMeter:
-    """Optimizer steps per second, smoothed, for it/s and ETA."""
-
-    def __init__(self, start_step: int):
-        self.last_time = time.perf_counter()
-        self.rate: float | None = None
-
-    def tick(self) -> float:
-        now = time.perf_counter()
-        instant = 1.0 / max(now - self.last_time, 1e-9)
-        self.last_time = now
-        self.rate = instant if self.rate is None else 0.8 * self.rate + 0.2 * instant
-        return self.rate
-
-
-def report_step(s: Session, bar: Any, meter: RateMeter, loss: float | None) -> None:
-    """Every step: the bar and the rate; with the step's loss (read on logged steps only): the step event."""
-    rate = meter.tick()
-    step = s.progress.step
-    bar.update(1)
-    if loss is None:
-        return
-    lr = s.lr_scheduler.get_last_lr()[0]
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-    if s.accelerator.is_main_process and (step % s.cfg.training.log_every == 0 or step == s.total_steps):
-        s.events.emit(
-            "step",
-            step=step,
-            total_steps=s.total_steps,
-            epoch=s.progress.epoch,
-            loss=round(loss, 6),
-            lr=lr,
-            it_per_s=round(rate, 4),
-            eta_s=round((s.total_steps - step) / rate, 1) if rate > 0 else None,
-        )
-        tracking.log_scalars(s.accelerator, {"train/loss": loss, "train/lr": lr}, step)
 
 
 def finish(s: Session, status: str, last_loss: float | None) -> TrainResult:
