@@ -149,7 +149,7 @@ def test_loha_merge_equals_the_trained_peft_model(base, tmp_path):
     """LoHa has no diffusers reader, so the tool's reference adds ΔW as ComfyUI does; here the merged model is
     compared with PEFT's own LoHa forward instead (the model the file was exported from)."""
     from trainer.config import Config
-    from trainer.export.verify import _outputs, _probe_inputs
+    from trainer.export.probe import probe_inputs, probe_outputs
 
     model, cfg = lora_model(  # PEFT's LoHa starts with hada_w2_b at zero
         base, network_type="loha", rank=2, alpha=Config().network.alpha, b_std=0.5, zero_factor="hada_w2_b"
@@ -159,11 +159,11 @@ def test_loha_merge_equals_the_trained_peft_model(base, tmp_path):
     result = merge_into_base(BASE, [WeightedAdapter(path)], tmp_path / "merged", "diffusers", "fp32")
     assert result.verified and "added as ComfyUI does" in result.message, result.message
     merged = load_base_model(ModelConfig(base=str(tmp_path / "merged")))
-    probe = _probe_inputs(base)
+    probe = probe_inputs(base)
     for module in model.component_modules().values():
         module.eval()
-    trained, got, plain = _outputs(model.component_modules(), probe), _outputs(merged.component_modules(), probe), \
-        _outputs(base.component_modules(), probe)
+    trained, got, plain = probe_outputs(model.component_modules(), probe), probe_outputs(merged.component_modules(), probe), \
+        probe_outputs(base.component_modules(), probe)
     for name in trained:
         effect = (trained[name] - plain[name]).abs().max().item()
         assert effect > 1e-3, f"{name}: the LoHa must change the output for this test to mean anything"

@@ -20,7 +20,6 @@ way ComfyUI and A1111 name them. Then three things must hold:
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import re
 import warnings
@@ -31,11 +30,11 @@ from typing import Any
 
 import torch
 
+from trainer.export.fresh_base import assign_tensor, base_copy, fresh_pipeline
 from trainer.export.keys import adapted_components, lora_layers, module_path
+from trainer.export.probe import eval_mode, probe_inputs, probe_outputs
 from trainer.network import ADAPTER_NAME
-from trainer.networks import is_adapter_tensor
 
-PROBE_PROMPT = "a photo of sks"
 # Output tolerance, in units of the save dtype's rounding error relative to the LoRA's effect on the
 # output. Rounding each stored weight perturbs the update by ~2u; 64u leaves room for the network's
 # gain on that perturbation while a wrong or missing module changes the output by ~100% of the effect.
@@ -117,16 +116,16 @@ def _verify_by_merge(path: Path, model: Any, deltas: Any, file_dtype: torch.dtyp
     """Outputs of fresh base copies with each module's file ΔW added to its weight vs the trained model."""
     trained = adapted_components(model)
     fresh = {name: base_copy(module) for name, module in model.component_modules().items()}
-    probe = _probe_inputs(model)
-    base_out = _outputs(fresh, probe)
-    with _eval_mode(list(trained.values())):
-        trained_out = _outputs(model.component_modules(), probe)
+    probe = probe_inputs(model)
+    base_out = probe_outputs(fresh, probe)
+    with eval_mode(list(trained.values())):
+        trained_out = probe_outputs(model.component_modules(), probe)
     for (component, canonical), delta in deltas.deltas.items():
         module = fresh[component]
         name = module_path(component, module, canonical)
         weight = module.get_submodule(name).weight
-        _assign(module, f"{name}.weight", (weight.float() + delta.to(weight.device)).to(weight.dtype))
-    diff, problems = _compare_outputs(base_out, trained_out, _outputs(fresh, probe), file_dtype, _compute_dtypes(model))
+        assign_tensor(module, f"{name}.weight", (weight.float() + delta.to(weight.device)).to(weight.dtype))
+    diff, problems = _compare_outputs(base_out, trained_out, probe_outputs(fresh, probe), file_dtype, _compute_dtypes(model))
     if problems:
         return Verification(False, diff, "; ".join(problems[:5]))
     return Verification(
@@ -141,11 +140,11 @@ def _verify_with_diffusers(path: Path, model: Any, expected: dict[str, set[str]]
     file_dtype = _file_dtype(path)
     trained = adapted_components(model)
     fresh = {name: base_copy(module) for name, module in model.component_modules().items()}
-    pipe = _pipeline(model, fresh)
-    probe = _probe_inputs(model)
-    base_out = _outputs(fresh, probe)
-    with _eval_mode(list(trained.values())):
-        trained_out = _outputs(model.component_modules(), probe)
+    pipe = fresh_pipeline(model, fresh)
+    probe = probe_inputs(model)
+    base_out = probe_outputs(fresh, probe)
+    with eval_mode(list(trained.values())):
+        trained_out = probe_outputs(model.component_modules(), probe)
     with _captured_warnings() as logged:
         try:
             pipe.load_lora_weights(str(path))
@@ -156,7 +155,7 @@ def _verify_with_diffusers(path: Path, model: Any, expected: dict[str, set[str]]
     if problems:
         return Verification(False, None, "; ".join(problems[:5]))
     weight_problems = _weight_problems(trained, fresh, file_dtype)
-    loaded_out = _outputs(fresh, probe)
+    loaded_out = probe_outputs(fresh, probe)
     diff, output_problems = _compare_outputs(base_out, trained_out, loaded_out, file_dtype, _compute_dtypes(model))
     problems = weight_problems + output_problems
     if problems:
@@ -165,134 +164,6 @@ def _verify_with_diffusers(path: Path, model: Any, expected: dict[str, set[str]]
     return Verification(
         True, diff, f"{path.name}: {layers} LoRA layers loaded by diffusers; outputs match (max abs diff {diff:.3g})"
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Fresh base components
-
-
-def base_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A new module of the same class and config, sharing ``module``'s frozen base tensors, without LoRA.
-
-    Built on the meta device (no allocation) and then pointed at the original tensors, so checking a
-    full-size SD model costs no second copy of its weights. Nothing here writes to base weights:
-    load_lora_weights adds LoRA layers beside them.
-    """
-    from accelerate import init_empty_weights
-    from diffusers import ModelMixin
-
-    with init_empty_weights(include_buffers=True):
-        if isinstance(module, ModelMixin):
-            fresh = type(module).from_config(module.config)
-        else:
-            fresh = type(module)(copy.deepcopy(module.config))
-    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
-    for name, tensor in tensors:
-        parts = name.split(".")
-        if is_adapter_tensor(name):
-            continue
-        _assign(fresh, ".".join(p for p in parts if p != "base_layer"), tensor.detach())
-    left = [n for n, t in [*fresh.named_parameters(), *fresh.named_buffers()] if t.is_meta]
-    if left:
-        raise RuntimeError(f"{type(module).__name__}: could not copy base tensors {left[:3]}")
-    return fresh.eval().requires_grad_(False)
-
-
-def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
-    owner_name, _, attr = name.rpartition(".")
-    owner = root.get_submodule(owner_name) if owner_name else root
-    if attr in owner._parameters:
-        owner._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=False)
-    elif attr in owner._buffers:
-        owner._buffers[attr] = tensor
-    else:
-        raise RuntimeError(f"{type(root).__name__} has no tensor {name!r}")
-
-
-def _pipeline(model: Any, fresh: dict[str, torch.nn.Module]) -> Any:
-    with warnings.catch_warnings():
-        # Pipelines warn (and patch a copy) about outdated scheduler configs; sampling is not checked here.
-        warnings.simplefilter("ignore", FutureWarning)
-        return _build_pipeline(model, fresh, copy.deepcopy(model.noise_scheduler))
-
-
-def _build_pipeline(model: Any, fresh: dict[str, torch.nn.Module], scheduler: Any) -> Any:
-    if model.family == "sdxl":
-        from diffusers import StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline(
-            vae=model.vae, text_encoder=fresh["text_encoder"], text_encoder_2=fresh["text_encoder_2"],
-            tokenizer=model.tokenizers[0], tokenizer_2=model.tokenizers[1], unet=fresh["unet"], scheduler=scheduler,
-        )
-    from diffusers import StableDiffusionPipeline
-
-    return StableDiffusionPipeline(
-        vae=model.vae, text_encoder=fresh["text_encoder"], tokenizer=model.tokenizer, unet=fresh["unet"],
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# Probing outputs
-
-
-@dataclass
-class _Probe:
-    sample: torch.Tensor  # (1, C, s, s) latents
-    timestep: torch.Tensor
-    hidden: torch.Tensor  # (1, 8, cross_attention_dim)
-    added: dict[str, torch.Tensor] | None  # SDXL's text_embeds / time_ids
-    token_ids: dict[str, torch.Tensor]  # per text encoder
-
-
-def _probe_inputs(model: Any) -> _Probe:
-    gen = torch.Generator("cpu").manual_seed(0)
-    cfg = model.unet.config
-    device, dtype = model.unet.device, model.unet.dtype
-    size = 2 * 2 ** (len(cfg.down_block_types) - 1)  # smallest latent every down block can halve
-    cross = cfg.cross_attention_dim if isinstance(cfg.cross_attention_dim, int) else cfg.cross_attention_dim[0]
-    added = None
-    if cfg.addition_embed_type == "text_time":
-        text_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        pixels = size * model.vae_scale_factor
-        added = {
-            "text_embeds": torch.randn(1, text_dim, generator=gen).to(device, dtype),
-            "time_ids": torch.tensor([[pixels, pixels, 0, 0, pixels, pixels]], device=device, dtype=dtype),
-        }
-    token_ids = {}
-    for i, name in enumerate(n for n in model.component_modules() if n.startswith("text_encoder")):
-        tok = model.tokenizers[i]
-        # Unpadded: every token passes through the adapted attention and MLP layers anyway.
-        token_ids[name] = tok(PROBE_PROMPT, return_tensors="pt").input_ids.to(device)
-    return _Probe(
-        sample=torch.randn(1, cfg.in_channels, size, size, generator=gen).to(device, dtype),
-        timestep=torch.tensor([500], device=device),
-        hidden=torch.randn(1, 8, cross, generator=gen).to(device, dtype),
-        added=added,
-        token_ids=token_ids,
-    )
-
-
-@torch.no_grad()
-def _outputs(components: dict[str, Any], probe: _Probe) -> dict[str, torch.Tensor]:
-    kwargs = {"added_cond_kwargs": probe.added} if probe.added else {}
-    out = {"unet": components["unet"](probe.sample, probe.timestep, encoder_hidden_states=probe.hidden, **kwargs).sample}
-    for name, ids in probe.token_ids.items():
-        out[name] = components[name](ids).last_hidden_state
-    return {k: v.float().cpu() for k, v in out.items()}
-
-
-@contextlib.contextmanager
-def _eval_mode(modules: list[torch.nn.Module]) -> Iterator[None]:
-    """Switch off LoRA dropout for the probe and restore every submodule's mode afterwards."""
-    modes = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, training in modes:
-            m.train(training)
 
 
 # ---------------------------------------------------------------------------------------------

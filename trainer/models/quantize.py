@@ -167,12 +167,12 @@ def quantization_gap(model: Any, twin: Any) -> dict[str, float]:
     """UNet outputs on the self-check's fixed probe: ``gap`` = |quantized base + adapter − original base +
     adapter| (what changes for a client), ``base_gap`` = the same without the adapter (the quantization's own
     error), ``adapter_effect`` = |original + adapter − original| (the size of what was learned)."""
-    from trainer.export.verify import _outputs, _probe_inputs
+    from trainer.export.probe import probe_inputs, probe_outputs
 
     def unet_out(m: Any, adapters: bool) -> torch.Tensor:
         m.unet.enable_adapters() if adapters else m.unet.disable_adapters()
         try:
-            return _outputs(m.component_modules(), _probe_inputs(m))["unet"]
+            return probe_outputs(m.component_modules(), probe_inputs(m))["unet"]
         finally:
             m.unet.enable_adapters()
 

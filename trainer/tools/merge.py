@@ -130,9 +130,9 @@ def _header(plan: MergePlan) -> dict[str, str]:
 def write_configs(model: Any, folder: Path) -> None:
     """model_index.json and every component's config (and tokenizers, scheduler): a diffusers folder
     without weights, as diffusers' ``save_pretrained`` lays it out."""
-    from trainer.export.verify import _build_pipeline
+    from trainer.export.fresh_base import pipeline_from
 
-    pipe = _build_pipeline(model, model.component_modules(), model.noise_scheduler)
+    pipe = pipeline_from(model, model.component_modules(), model.noise_scheduler)
     pipe.save_config(folder)
     for name, module in _components(model).items():
         if hasattr(module, "save_config"):

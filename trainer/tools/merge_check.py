@@ -1,6 +1,6 @@
 """The merge's check: the merged model against the base with the adapters loaded the way users load them.
 
-Reference: fresh fp32 copies of the base components (``export.verify.base_copy``, no adapters) in a
+Reference: fresh fp32 copies of the base components (``export.fresh_base.base_copy``, no adapters) in a
 diffusers pipeline; each plain LoRA/LoCon file goes in through ``load_lora_weights(adapter_name=…)`` and
 ``set_adapters`` with its weight — diffusers' own reading of the keys, independent of our decoders.
 LoHa, LoKr and DoRA files, which diffusers does not read for SD, are added as ComfyUI adds them (ΔW
@@ -22,17 +22,14 @@ from typing import Any
 import torch
 
 from trainer.errors import UserFacingError
+from trainer.export.fresh_base import base_copy, pipeline_from
 from trainer.export.keys import module_path
+from trainer.export.probe import Probe, probe_inputs, probe_outputs
 from trainer.export.verify import (
     _KEY_PROBLEM,
     _NO_KEYS_NOTICE,
-    _build_pipeline,
     _captured_warnings,
     _compare_outputs,
-    _outputs,
-    _Probe,
-    _probe_inputs,
-    base_copy,
 )
 from trainer.tools.adapter_layers import layer_delta
 
@@ -49,13 +46,13 @@ def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: An
     steps = ["reference", "merged"] + (["from_single_file"] if fmt == "single-file" else [])
     stage = progress.stage(steps, len(steps), "checking")
     next(stage)
-    probe = _fp32_probe(_probe_inputs(model))
+    probe = _fp32_probe(probe_inputs(model))
     fresh = {name: base_copy(m).float() for name, m in model.component_modules().items()}
-    base_out = _outputs(fresh, probe)
+    base_out = probe_outputs(fresh, probe)
     pipe, names, problems = _apply_reference(plan, fresh)
     if problems:
         return MergeCheck(False, None, "; ".join(problems[:5]))
-    reference = _outputs(fresh, probe)
+    reference = probe_outputs(fresh, probe)
     fused = _fused_weights(plan, pipe, names, fresh)
     del fresh, pipe
     next(stage)
@@ -65,7 +62,7 @@ def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: An
             merged = _load_merged(out, fmt, config_dir)
         except UserFacingError as err:
             return MergeCheck(False, None, f"the written model does not load back through our loader: {err}")
-        merged_out = _outputs(merged.component_modules(), probe)
+        merged_out = probe_outputs(merged.component_modules(), probe)
         problems = _weight_problems(fused, merged, dtype)
         del merged
         diff, output_problems = _compare_outputs(base_out, reference, merged_out, dtype, dtype)
@@ -73,7 +70,7 @@ def check_merge(plan: Any, out: Path, fmt: str, dtype: torch.dtype, progress: An
         how = "our loader"
         if fmt == "single-file" and not problems:
             next(stage)
-            pipe_out = _outputs(_from_single_file(out, model, config_dir), probe)
+            pipe_out = probe_outputs(_from_single_file(out, model, config_dir), probe)
             diff2, problems = _compare_outputs(base_out, reference, pipe_out, dtype, dtype)
             diff, how = max(diff, diff2), "our single-file loader and diffusers' from_single_file"
     for _ in stage:
@@ -94,16 +91,16 @@ def reference_how(plan: Any) -> str:
     return " and ".join(parts)
 
 
-def _fp32_probe(probe: _Probe) -> _Probe:
+def _fp32_probe(probe: Probe) -> Probe:
     added = {k: v.float() for k, v in probe.added.items()} if probe.added else None
-    return _Probe(probe.sample.float(), probe.timestep, probe.hidden.float(), added, probe.token_ids)
+    return Probe(probe.sample.float(), probe.timestep, probe.hidden.float(), added, probe.token_ids)
 
 
 def _apply_reference(plan: Any, fresh: dict[str, torch.nn.Module]) -> tuple[Any, list[str], list[str]]:
     """Load every adapter onto ``fresh`` (see the module docstring): the pipeline, the diffusers adapter names,
     and the loader's key problems, if any."""
     model = plan.model
-    pipe = _build_pipeline(model, fresh, model.noise_scheduler)
+    pipe = pipeline_from(model, fresh, model.noise_scheduler)
     names, weights, problems = [], [], []
     for i, (adapter, weight) in enumerate(zip(plan.adapters, plan.weights, strict=True)):
         if not adapter.plain_lora:
