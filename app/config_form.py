@@ -27,7 +27,7 @@ from trainer.config import (
     validate,
 )
 from trainer.models.builtin import RECOMMENDED_GUIDANCE, recommended_guidance
-from trainer.presets import DEMO_BASE, DEMO_PRESET, DEMO_REGULARIZATION
+from trainer.presets import DEMO_BASE, DEMO_PRESET, DEMO_REGULARIZATION, uses_demo_regularization
 
 # The demo's regularization images, in the repository beside sample_data/.
 SAMPLE_REGULARIZATION = Path(__file__).resolve().parents[1] / DEMO_REGULARIZATION
@@ -125,7 +125,7 @@ def settings_for_new_base(cfg: Config) -> tuple[Config, list[str]]:
     if cfg.model.base == DEMO_BASE:
         return cfg, []
     changes = []
-    if Path(cfg.dataset.reg_path.strip()).name == DEMO_REGULARIZATION:
+    if uses_demo_regularization(cfg):
         changes.append(f"dataset.reg_path: {cfg.dataset.reg_path!r} → '' (images made for {DEMO_BASE})")
         cfg.dataset.reg_path = ""
     guidance = recommended_guidance(cfg.model.base, SamplingConfig().guidance_scale)

@@ -131,9 +131,9 @@ def demo_regularization_problem(cfg: Config) -> str | None:
     """The first run's regularization images (circles, squares and triangles for builtin:shapes-sd) kept in a
     config whose base was changed: they would teach that model a wrong prior without a word. Checked once
     the base is known to exist, so a missing model is reported first."""
-    from trainer.presets import DEMO_BASE, DEMO_REGULARIZATION
+    from trainer.presets import DEMO_BASE, uses_demo_regularization
 
-    if Path(cfg.dataset.reg_path.strip()).name != DEMO_REGULARIZATION or cfg.model.base == DEMO_BASE:
+    if not uses_demo_regularization(cfg) or cfg.model.base == DEMO_BASE:
         return None
     return (
         f"`dataset.reg_path` is the first run's regularization images (circles, squares and triangles for "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from trainer.config import Config, ConfigError, config_from_dict, config_to_dict
@@ -68,6 +69,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training": {"max_steps": 2000},
     },
 }
+
+
+def uses_demo_regularization(cfg: Config) -> bool:
+    """Whether ``dataset.reg_path`` is the first run's folder (made for ``DEMO_BASE`` only), by folder name:
+    the UI names it by absolute path, ``init-config`` relative to the repository."""
+    return Path(cfg.dataset.reg_path.strip()).name == DEMO_REGULARIZATION
 
 
 def preset_config(name: str) -> Config:

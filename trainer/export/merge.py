@@ -18,7 +18,6 @@ import torch
 from trainer.errors import UserFacingError
 from trainer.export.file_modules import KohyaFile, read_kohya_file, resolve_file_modules
 from trainer.export.keys import module_path
-from trainer.networks import kind
 
 
 @dataclass
@@ -63,8 +62,7 @@ def merge_adapter(model: Any, path: Path, file: KohyaFile | None = None) -> Merg
         owner = components[component]
         weight = owner.get_submodule(module_path(component, owner, canonical)).weight
         try:
-            on_device = module.on(weight.device)
-            delta = kind(module.kind).delta(on_device.parts, module.alpha, weight.detach().float())
+            delta = module.delta(weight.detach().float())
         except (RuntimeError, ValueError, IndexError) as err:
             raise UserFacingError(
                 f"adapter {path}: module {module.name} does not fit layer {component}.{canonical} of base model "

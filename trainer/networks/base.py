@@ -53,6 +53,12 @@ class FileModule:
         it with the trained ΔW needs one device. Without this the first run's export check failed on CUDA."""
         return replace(self, parts={key: tensor.to(device) for key, tensor in self.parts.items()})
 
+    def delta(self, base: torch.Tensor) -> torch.Tensor:
+        """ΔW this module adds to a layer whose weight is ``base``, computed on ``base``'s device."""
+        from trainer.networks import kind  # the registry imports this module
+
+        return kind(self.kind).delta(self.on(base.device).parts, self.alpha, base)
+
 
 class AdapterKind:
     """Base of the adapter kinds; see the module docstring for the four methods."""

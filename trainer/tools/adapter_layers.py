@@ -18,7 +18,6 @@ import torch
 from trainer.adapter_probe import VERSION_FAMILIES  # noqa: E402  (torch-free module)
 from trainer.export.keys import module_path
 from trainer.models.probe import FAMILY_NAMES
-from trainer.networks import kind
 from trainer.networks.base import FileModule
 from trainer.networks.lora import DOWN, UP
 from trainer.tools.common import ToolError, check_input_file
@@ -118,7 +117,7 @@ def layer_delta(adapter: ResolvedAdapter, model: Any, component: str, canonical:
     module = module or adapter.modules[(component, canonical)]
     weight = base_weight(model, component, canonical).detach()
     try:
-        delta = kind(module.kind).delta(module.on(weight.device).parts, module.alpha, weight.float())
+        delta = module.delta(weight.float())
     except (RuntimeError, ValueError, IndexError) as err:
         raise ToolError(
             f"{adapter.path}: module {module.name} does not fit layer {component}.{canonical} of base model "
