@@ -53,3 +53,11 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd() -> Path:
+    """The builtin random tiny SD 1.x folder (built into the cache on first use)."""
+    from trainer.models.builtin import builtin_model_path
+
+    return builtin_model_path("builtin:tiny-sd")
