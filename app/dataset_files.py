@@ -1,6 +1,6 @@
-"""File rules of the UI's dataset store (app.datasets, its only user; hence the private names): what an uploaded
-name may be, which file is whose caption, how a
-file is staged and given a free name, and how an upload's summary lists things. Pure functions, no state.
+"""File rules of the UI's dataset store (``app.datasets``, its only user; hence the private names): what an
+uploaded name may be, which file is whose caption, how a file is staged and given a free name, and how an
+upload's summary lists things. Pure functions, no state.
 """
 
 from __future__ import annotations
